@@ -1,0 +1,3 @@
+from histofuse.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Data handling shared by every dataset: decoding, splitting, loading."""

@@ -1,0 +1,60 @@
+"""One way to turn any image file into RGB uint8 pixels, whatever dataset it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from histofuse.errors import ImageDecodeError
+
+# We report undecodable files ourselves, naming the file; OpenCV's own log lines would only add noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read ``path`` as an ``(H, W, 3)`` RGB uint8 array.
+
+    Grayscale is replicated to three channels, 16-bit is scaled to 8-bit, and an
+    alpha channel is composited onto white (slide background), never dropped blindly.
+
+    Raises:
+        ImageDecodeError: the file is missing, empty or not a decodable image.
+    """
+    path = Path(path)
+    try:
+        # fromfile + imdecode instead of imread: works for non-ASCII paths too.
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise ImageDecodeError(str(path), "file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ImageDecodeError(str(path), "not a decodable image (truncated or not an image format OpenCV reads)")
+    return to_rgb8(image, str(path))
+
+
+def to_rgb8(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """Convert an OpenCV-decoded array (BGR order, any depth, 1-4 channels) to RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image.astype(np.uint32) * 255 + 32767) // 65535
+        image = image.astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(np.nan_to_num(image) * (255.0 if image.max(initial=0) <= 1.0 else 1.0), 0, 255)
+        image = (image + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageDecodeError(where, f"unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    channels = image.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        rgb = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return cv2.cvtColor((rgb + 0.5).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    raise ImageDecodeError(where, f"unsupported number of channels: {channels}")

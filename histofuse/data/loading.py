@@ -1,0 +1,101 @@
+"""From a sample table to batches: decode, transform, skip what cannot be read."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from histofuse.data.decode import decode_image
+from histofuse.errors import ImageDecodeError
+
+log = logging.getLogger("histofuse")
+
+
+class ImageTable(Dataset):
+    """Images listed in a table; a file that fails to decode yields a failure record instead of raising."""
+
+    def __init__(self, table: pd.DataFrame, classes: list[str], transform: Callable[[np.ndarray], torch.Tensor]):
+        self.paths = table["path"].tolist()
+        index = {c: i for i, c in enumerate(classes)}
+        self.labels = [index[label] for label in table["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = decode_image(self.paths[i])
+        except ImageDecodeError as exc:
+            return {"index": i, "error": exc.reason, "path": self.paths[i]}
+        return {"index": i, "image": self.transform(image), "label": self.labels[i]}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack the good samples; carry the failed paths so the caller can count and report them."""
+    good = [s for s in samples if "error" not in s]
+    failed = [(s["path"], s["error"]) for s in samples if "error" in s]
+    if not good:
+        return {"image": None, "label": None, "index": None, "failed": failed}
+    return {
+        "image": torch.stack([s["image"] for s in good]),
+        "label": torch.tensor([s["label"] for s in good], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in good], dtype=torch.long),
+        "failed": failed,
+    }
+
+
+def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Per-sample weights that make every class equally likely to be drawn."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    per_class = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.as_tensor(per_class[labels], dtype=torch.double)
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights: n_samples / (n_classes * count)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(num_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def default_num_workers() -> int:
+    # One core stays with the training process; decoding gets the rest.
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(
+    dataset: ImageTable,
+    batch_size: int,
+    *,
+    train: bool,
+    balanced: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if train and balanced:
+        weights = balanced_sample_weights(dataset.labels, max(dataset.labels) + 1)
+        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,79 @@
+"""Classification metrics from scikit-learn, the same for validation, test and external sets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Metrics for predicted class probabilities ``probs`` (N, C) against integer ``labels``.
+
+    With two classes, the second class is positive: ``auc``, ``precision``,
+    ``recall`` (sensitivity), ``specificity`` and ``f1`` refer to it. With more,
+    they are macro averages and ``auc`` is one-vs-rest. A metric that is undefined
+    for this data (e.g. AUC with one class present) is None.
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    preds = probs.argmax(1)
+    k = len(classes)
+    out: dict = {
+        "n": int(len(labels)),
+        "accuracy": float(skm.accuracy_score(labels, preds)) if len(labels) else None,
+        "balanced_accuracy": None,
+        "auc": None,
+    }
+    present = np.unique(labels)
+    cm = skm.confusion_matrix(labels, preds, labels=list(range(k))) if len(labels) else np.zeros((k, k), int)
+    if len(labels):
+        # Mean recall over the classes present, as scikit-learn defines it, without its one-class warning.
+        rows = cm.sum(1)
+        out["balanced_accuracy"] = float(np.mean(np.diag(cm)[rows > 0] / rows[rows > 0]))
+    if len(present) == k:
+        if k == 2:
+            out["auc"] = float(skm.roc_auc_score(labels, probs[:, 1]))
+        else:
+            out["auc"] = float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+    if k == 2:
+        tn, fp, fn, tp = cm.ravel()
+        out["precision"] = _ratio(tp, tp + fp)
+        out["recall"] = _ratio(tp, tp + fn)
+        out["specificity"] = _ratio(tn, tn + fp)
+        p, r = out["precision"], out["recall"]
+        out["f1"] = None if p is None or r is None else (0.0 if p + r == 0 else 2 * p * r / (p + r))
+        out["positive_class"] = classes[1]
+    else:
+        for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+            out[name] = float(fn(labels, preds, average="macro", labels=list(range(k)), zero_division=0))
+        out["specificity"] = _macro_specificity(cm)
+    out["confusion_matrix"] = cm.tolist()
+    out["classes"] = list(classes)
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else float(num) / float(den)
+
+
+def _macro_specificity(cm: np.ndarray) -> float | None:
+    values = []
+    total = cm.sum()
+    for c in range(len(cm)):
+        tp = cm[c, c]
+        fp = cm[:, c].sum() - tp
+        fn = cm[c, :].sum() - tp
+        tn = total - tp - fp - fn
+        if tn + fp:
+            values.append(tn / (tn + fp))
+    return float(np.mean(values)) if values else None
+
+
+def monitor_value(metrics: dict, loss: float, monitor: str) -> float:
+    """The number the scheduler and early stopping follow; an undefined AUC counts as worst."""
+    if monitor == "val_loss":
+        return loss
+    value = metrics["auc" if monitor == "val_auc" else "balanced_accuracy"]
+    return -math.inf if value is None else value

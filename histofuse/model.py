@@ -1,0 +1,175 @@
+"""HybridModel = backbones + fusion + classifier head, and freezing by parameter groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from histofuse.errors import RecipeError
+from histofuse.recipe import PhaseConfig
+
+
+class ClassifierHead(nn.Module):
+    """LayerNorm -> Linear -> GELU -> Dropout -> Linear, the paper's head."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.7):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.LayerNorm(in_features),
+            nn.Linear(in_features, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class InputNormalization(nn.Module):
+    """Maps [0, 1] RGB to a backbone's own mean/std, so each backbone sees what it was trained on."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class HybridModel(nn.Module):
+    """Several backbones see the same image; their features are fused and classified.
+
+    Inputs are RGB in [0, 1]; each backbone normalises them its own way. A backbone
+    with no trainable parameter runs in eval mode without building a graph: frozen
+    means its batch-norm statistics stay what they were, and it costs inference only.
+    """
+
+    def __init__(self, backbones: dict[str, nn.Module], fusion: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbones = nn.ModuleDict(backbones)
+        self.normalize = nn.ModuleDict(
+            {name: InputNormalization(tuple(b.mean), tuple(b.std)) for name, b in backbones.items()}
+        )
+        self.fusion = fusion
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for name, backbone in self.backbones.items():
+            inputs = self.normalize[name](x)
+            if is_frozen(backbone):
+                with torch.no_grad():
+                    out.append(backbone(inputs))
+            else:
+                out.append(backbone(inputs))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fusion(self.features(x)))
+
+    def train(self, mode: bool = True) -> "HybridModel":
+        super().train(mode)
+        for backbone in self.backbones.values():
+            if mode and is_frozen(backbone):
+                backbone.eval()
+        return self
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.fusion.parameters(), *self.head.parameters()]
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """What one phase trains, and at which learning rate; parameter groups ready for an optimizer."""
+
+    param_groups: list[dict]
+    trainable: dict[str, int]  # part name -> trainable parameter count
+    unfrozen_groups: dict[str, int]  # backbone name -> number of trailing groups trained
+
+
+def apply_phase(model: HybridModel, phase: PhaseConfig, phase_path: str = "phase") -> PhasePlan:
+    """Set ``requires_grad`` for a phase and return the optimizer's parameter groups.
+
+    Fusion and head always train at ``lr.head``; the last N parameter groups of
+    each backbone (as the backbone orders them, input side first) train at
+    ``lr.backbone``; everything else is frozen.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head_params = model.head_parameters()
+    for p in head_params:
+        p.requires_grad_(True)
+    backbone_params: list[nn.Parameter] = []
+    trainable = {"head": sum(p.numel() for p in head_params)}
+    unfrozen: dict[str, int] = {}
+    problems = []
+    for name, backbone in model.backbones.items():
+        groups = backbone.parameter_groups()
+        n = _groups_to_unfreeze(phase.unfreeze, name, len(groups))
+        if n > len(groups):
+            problems.append(
+                f"{phase_path}.unfreeze.{name}: asks for the last {n} parameter groups but "
+                f"backbone '{name}' has {len(groups)}; use at most {len(groups)} or \"all\""
+            )
+            continue
+        chosen = [p for group in groups[len(groups) - n :] for p in group] if n else []
+        for p in chosen:
+            p.requires_grad_(True)
+        backbone_params += chosen
+        unfrozen[name] = n
+        trainable[name] = sum(p.numel() for p in chosen)
+    if problems:
+        raise RecipeError("recipe", problems)
+    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head}]
+    if backbone_params:
+        param_groups.append({"name": "backbone", "params": backbone_params, "lr": phase.lr.backbone})
+    return PhasePlan(param_groups, trainable, unfrozen)
+
+
+def _groups_to_unfreeze(unfreeze: Literal["none", "all"] | dict[str, int], name: str, available: int) -> int:
+    if unfreeze == "all":
+        return available
+    if unfreeze == "none":
+        return 0
+    return unfreeze.get(name, 0)
+
+
+def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) -> HybridModel:
+    """Build the recipe's model from registered components.
+
+    ``pretrained=False`` ignores the recipe's weights (used to count parameters
+    and to rebuild a model whose trained weights are loaded next).
+    """
+    from histofuse.recipe import validate_options
+
+    backbones = {}
+    for cfg in recipe.model.backbones:
+        spec = registry.get("backbone", cfg.source)
+        backbones[cfg.name] = spec.build(
+            model=cfg.model,
+            pretrained=cfg.pretrained if pretrained else False,
+            image_size=recipe.data.image_size,
+            **validate_options(spec, cfg.options),
+        )
+    fusion_spec = registry.get("fusion", recipe.model.fusion)
+    fusion = fusion_spec.build(
+        in_features=[b.num_features for b in backbones.values()],
+        **validate_options(fusion_spec, recipe.model.fusion_options),
+    )
+    head = ClassifierHead(fusion.out_features, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
+    return HybridModel(backbones, fusion, head)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+

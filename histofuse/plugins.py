@@ -1,0 +1,71 @@
+"""Building the plugin manager: built-ins and third parties through one entry-point group."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from types import ModuleType
+
+import pluggy
+
+from histofuse import hookspecs
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """An entry point whose module could not be imported or registered."""
+
+    name: str
+    distribution: str
+    error: str
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers which distribution gave each plugin and which failed."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, str] = {}
+        self.failures: list[PluginFailure] = []
+
+    def register_plugin(self, plugin: object, name: str, distribution: str = "(local)") -> None:
+        self.register(plugin, name=name)
+        self.distributions[name] = distribution
+
+    def load_entry_points(self, group: str = hookspecs.PROJECT) -> None:
+        """Import every entry point of ``group``; a failing one is recorded, not raised."""
+        seen: set[tuple[str, str]] = set()
+        for dist in importlib.metadata.distributions():
+            dist_name = dist.metadata["Name"] or "(unknown)"
+            label = f"{dist_name} {dist.version}"
+            for ep in dist.entry_points:
+                # The same distribution can be visible twice on sys.path (editable + build dir).
+                if ep.group != group or (ep.name, ep.value) in seen:
+                    continue
+                seen.add((ep.name, ep.value))
+                if self.get_plugin(ep.name) is not None:
+                    other = self.distributions.get(ep.name, "?")
+                    self.failures.append(
+                        PluginFailure(ep.name, label, f"plugin name '{ep.name}' is already used by {other}")
+                    )
+                    continue
+                try:
+                    module = ep.load()
+                    self.register_plugin(module, ep.name, label)
+                except Exception as exc:  # any import error must not take the CLI down
+                    self.failures.append(PluginFailure(ep.name, label, f"{type(exc).__name__}: {exc}"))
+
+
+def create_plugin_manager(
+    *, entry_points: bool = True, plugins: tuple[ModuleType | object, ...] = ()
+) -> PluginManager:
+    """Return a fresh manager; tests pass ``entry_points=False`` and their own ``plugins``."""
+    pm = PluginManager()
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        pm.register_plugin(plugin, name)
+    if entry_points:
+        pm.load_entry_points()
+    pm.check_pending()
+    return pm

@@ -1,0 +1,188 @@
+"""One run of a recipe: data -> split -> model -> phased training -> test evaluation, all in one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from histofuse.data.split import split_by_group
+from histofuse.data.table import check_table
+from histofuse.errors import DataError, HistofuseError
+from histofuse.recipe import Recipe, recipe_to_toml, validate_options
+from histofuse.registry import Registry
+
+
+def resolve_root(recipe: Recipe, registry: Registry) -> Path:
+    spec = registry.get("dataset", recipe.data.dataset)
+    if recipe.data.root is None:
+        raise DataError(
+            f"data.root is not set for dataset '{spec.name}'. Where to get it: {spec.source or 'see its plugin docs'}. "
+            "Then set root in the recipe's [data] table or pass --set data.root=/path/to/data."
+        )
+    return Path(recipe.data.root).expanduser()
+
+
+def load_table(recipe: Recipe, registry: Registry) -> tuple[pd.DataFrame, list[str]]:
+    """Scan the recipe's dataset and check the table; a missing root says where to get the data."""
+    spec = registry.get("dataset", recipe.data.dataset)
+    root = resolve_root(recipe, registry)
+    try:
+        table = spec.scan(root, **validate_options(spec, recipe.data.options))
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"dataset '{spec.name}': {exc}. Where to get it: {spec.source or 'see its plugin docs'}. "
+            f"Then point the recipe at it: --set data.root=/path/to/data (now {root})."
+        ) from None
+    return check_table(table, spec.name, recipe.data.classes)
+
+
+def create_run_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        candidate = parent / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise HistofuseError(f"could not create a new run directory under {parent}")
+
+
+def make_accelerator(recipe: Recipe):
+    import torch
+    from accelerate import Accelerator
+
+    if recipe.training.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise HistofuseError(
+            "training.mixed_precision = \"fp16\" needs a CUDA GPU and none is visible; use \"bf16\" or \"no\" on a CPU"
+        )
+    accelerator = Accelerator(
+        mixed_precision=recipe.training.mixed_precision,
+        gradient_accumulation_steps=recipe.training.grad_accumulation,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise HistofuseError(
+            f"the launcher started {launched} processes but each sees only itself, so every one would train the same "
+            "model alone. On a CPU-only machine launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N, or torchrun (see docs/training.md)."
+        )
+    return accelerator
+
+
+def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) -> Path:
+    """Train and test ``recipe``; return its run directory."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from histofuse.data.loading import ImageTable, class_weights, default_num_workers, make_loader
+    from histofuse.model import build_model, count_parameters
+    from histofuse.training.checkpoint import load_weights
+    from histofuse.training.trainer import Trainer
+
+    started = time.perf_counter()
+    hooks = registry.pm.hook
+    accelerator = make_accelerator(recipe)
+    if not accelerator.is_main_process:
+        console.quiet = True  # one process talks
+    set_seed(recipe.seed)
+    table, classes = load_table(recipe, registry)
+    table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
+
+    run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
+    run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
+    if accelerator.is_main_process:
+        (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
+        table.to_csv(run_dir / "split.csv", index=False)
+    console.print(f"run directory: [bold]{run_dir}[/]")
+    console.print(_split_summary(table, classes))
+
+    model = build_model(recipe, registry, len(classes))
+    console.print(f"model: {count_parameters(model) / 1e6:.2f}M parameters")
+    frames = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    data = recipe.data
+    workers = data.num_workers if data.num_workers is not None else default_num_workers()
+    eval_batch = data.eval_batch_size or data.batch_size
+    eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to)
+    train_labels = [classes.index(label) for label in frames["train"]["label"]]
+
+    def make_train_loader(strength: str):
+        transform = hooks.make_transforms(stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to)
+        dataset = ImageTable(frames["train"], classes, transform)
+        balanced = recipe.training.sampler == "balanced"
+        return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=recipe.seed)
+
+    def make_eval_loader(frame: pd.DataFrame):
+        return make_loader(ImageTable(frame, classes, eval_transform), eval_batch, train=False, num_workers=workers)
+
+    weights = None
+    if recipe.training.class_weights == "balanced":
+        weights = class_weights(train_labels, len(classes)).to(accelerator.device)
+    criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.training.label_smoothing)
+    meta = {"recipe": recipe.model_dump(mode="json"), "classes": classes, "histofuse": _version()}
+    trainer = Trainer(
+        model=model, recipe=recipe, classes=classes, accelerator=accelerator, make_train_loader=make_train_loader,
+        val_loader=make_eval_loader(frames["val"]), criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
+        console=console, dataset_size=len(table),
+    )
+    state = trainer.fit()
+    if not state.best_epoch:
+        raise HistofuseError("no epoch produced a usable validation score, so there are no best weights to test")
+
+    model = trainer.model
+    best = load_weights(model, run_dir)
+    test_loader = accelerator.prepare(make_eval_loader(frames["test"]))
+    prepared = accelerator.prepare(model)
+    result = trainer.predict(prepared, test_loader)
+    from histofuse.metrics import classification_metrics
+
+    metrics = classification_metrics(result.labels, result.probs, classes)
+    metrics.update(
+        split="test", loss=result.loss, best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
+        failed_images=sorted({*state.failed, *(p for p, _ in result.failed)}), seconds=time.perf_counter() - started,
+    )
+    if accelerator.is_main_process:
+        (run_dir / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2))
+        _predictions(frames["test"], result, classes).to_csv(run_dir / "predictions.csv", index=False)
+    hooks.on_fit_end(run_dir=run_dir, metrics=metrics)
+    accelerator.end_training()
+    return run_dir
+
+
+def _broadcast(accelerator, value: str) -> str:
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _predictions(frame: pd.DataFrame, result, classes: list[str]) -> pd.DataFrame:
+    rows = frame.iloc[result.indices].reset_index(drop=True)
+    keep = [c for c in ("path", "group", "label", "subtype", "magnification") if c in rows]
+    out = rows[keep].copy()
+    for i, name in enumerate(classes):
+        out[f"prob_{name}"] = result.probs[:, i]
+    out["predicted"] = [classes[i] for i in result.probs.argmax(1)]
+    return out
+
+
+def _split_summary(table: pd.DataFrame, classes: list[str]) -> str:
+    parts = []
+    for split in ("train", "val", "test"):
+        part = table[table["split"] == split]
+        counts = ", ".join(f"{c} {int((part['label'] == c).sum())}" for c in classes)
+        parts.append(f"{split}: {part['group'].nunique()} patients, {len(part)} images ({counts})")
+    return "split by patient - " + "; ".join(parts)
+
+
+def _version() -> str:
+    from histofuse import __version__
+
+    return __version__

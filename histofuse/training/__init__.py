@@ -1,0 +1,1 @@
+"""Phased training on Accelerate."""

@@ -1,0 +1,34 @@
+"""history.csv: one row per epoch, appended as training goes so a crash loses nothing written."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class History:
+    def __init__(self, path: Path, write: bool):
+        self.path = path
+        self.write = write
+        self.records: list[dict] = []
+
+    def add(self, **record) -> dict:
+        self.records.append(record)
+        if self.write:
+            new = not self.path.exists()
+            with self.path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(record))
+                if new:
+                    writer.writeheader()
+                writer.writerow(record)
+        return record
+
+    @staticmethod
+    def format(r: dict) -> str:
+        auc = "n/a" if r["val_auc"] is None else f"{r['val_auc']:.4f}"
+        star = "  [best]" if r["best"] else ""
+        return (
+            f"  epoch {r['epoch']:>3} ({r['phase']} {r['phase_epoch']})  train_loss {r['train_loss']:.4f}  "
+            f"val_loss {r['val_loss']:.4f}  val_auc {auc}  val_acc {r['val_accuracy']:.3f}  "
+            f"lr {r['lr_head']:.2e}/{r['lr_backbone']:.2e}  {r['seconds']:.1f}s{star}"
+        )

@@ -1,0 +1,222 @@
+"""The phased trainer: each phase sets what trains and how fast, then runs epochs on Accelerate."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from histofuse.errors import DataError
+from histofuse.metrics import classification_metrics, monitor_value
+from histofuse.model import HybridModel, apply_phase
+from histofuse.recipe import PhaseConfig, Recipe
+from histofuse.training.checkpoint import load_weights, save_weights
+from histofuse.training.history import History
+from histofuse.training.progress import EpochProgress
+
+
+@dataclass
+class Predictions:
+    """Probabilities for the samples that decoded, by their index in the dataset."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    loss: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class FitState:
+    best: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    epoch: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs a recipe's phases over one model, keeping the best weights by the monitored metric."""
+
+    def __init__(
+        self,
+        *,
+        model: HybridModel,
+        recipe: Recipe,
+        classes: list[str],
+        accelerator: Accelerator,
+        make_train_loader: Callable[[str], DataLoader],
+        val_loader: DataLoader,
+        criterion: nn.Module,
+        hooks,
+        run_dir: Path,
+        meta: dict,
+        console,
+        dataset_size: int,
+    ):
+        self.model = model
+        self.recipe = recipe
+        self.training = recipe.training
+        self.classes = classes
+        self.accelerator = accelerator
+        self.make_train_loader = make_train_loader
+        self.val_loader = val_loader
+        self.criterion = criterion
+        self.hooks = hooks
+        self.run_dir = run_dir
+        self.meta = meta
+        self.console = console
+        self.dataset_size = dataset_size
+        self.history = History(run_dir / "history.csv", accelerator.is_main_process)
+        self.state = FitState()
+        # Minimising the loss is maximising its negative; one comparison serves every monitor.
+        self.sign = -1.0 if self.training.monitor == "val_loss" else 1.0
+
+    def fit(self) -> FitState:
+        self.hooks.on_fit_start(run_dir=self.run_dir, recipe=self.recipe)
+        for index, phase in enumerate(self.recipe.phases):
+            if index and self.training.restore_best_between_phases and self.state.best_epoch:
+                load_weights(self.model, self.run_dir)
+            self._run_phase(index, phase)
+        return self.state
+
+    def _run_phase(self, index: int, phase: PhaseConfig) -> None:
+        plan = apply_phase(self.model, phase, f"phases[{index}]")
+        optimizer = self.hooks.make_optimizer(param_groups=plan.param_groups, training=self.training)
+        scheduler = self.hooks.make_scheduler(optimizer=optimizer, training=self.training)
+        # Prepared afresh each phase, so a distributed wrapper sees the parameters that now train.
+        model, optimizer, train_loader, val_loader = self.accelerator.prepare(
+            self.model, optimizer, self.make_train_loader(phase.augment), self.val_loader
+        )
+        self.accelerator.print(
+            f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "
+            f"trainable {_describe(plan.trainable)}, lr head {phase.lr.head:g} backbone {phase.lr.backbone:g}"
+        )
+        stale = 0
+        for phase_epoch in range(1, phase.epochs + 1):
+            self.state.epoch += 1
+            started = time.perf_counter()
+            train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
+            val = self.predict(model, val_loader)
+            self._count_failures(val.failed)
+            metrics = classification_metrics(val.labels, val.probs, self.classes)
+            score = monitor_value(metrics, val.loss, self.training.monitor)
+            scheduler.step(score)
+            improved = self._improves(score, val.loss)
+            if improved:
+                self.state.best, self.state.best_loss, self.state.best_epoch, stale = score, val.loss, self.state.epoch, 0
+                if self.accelerator.is_main_process:
+                    unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+                    save_weights(unwrapped, self.run_dir, {**self.meta, "epoch": self.state.epoch, "monitor": self.training.monitor, "best": score})
+            else:
+                stale += 1
+            record = self.history.add(
+                phase=phase.name, phase_index=index, epoch=self.state.epoch, phase_epoch=phase_epoch,
+                train_loss=train_loss, val_loss=val.loss, val_auc=metrics["auc"], val_accuracy=metrics["accuracy"],
+                val_balanced_accuracy=metrics["balanced_accuracy"], lr_head=optimizer.param_groups[0]["lr"],
+                lr_backbone=optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else 0.0,
+                seconds=time.perf_counter() - started, failed_images=len(self.state.failed), best=improved,
+            )
+            self.accelerator.print(self.history.format(record))
+            self.hooks.on_epoch_end(run_dir=self.run_dir, record=record)
+            early = self.training.early_stopping
+            if early.enabled and stale >= early.patience and phase_epoch < phase.epochs:
+                self.accelerator.print(f"early stopping: no improvement in {stale} epochs; ending phase '{phase.name}'")
+                break
+        self.model = self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        self.accelerator.free_memory()
+
+    def _train_epoch(self, model, optimizer, loader, phase: PhaseConfig, phase_epoch: int) -> float:
+        model.train()
+        total, seen = 0.0, 0
+        with EpochProgress(self.console, f"{phase.name} {phase_epoch}/{phase.epochs}", len(loader), self.accelerator.is_main_process) as bar:
+            for batch in loader:
+                self._count_failures(batch["failed"])
+                if batch["image"] is not None:
+                    with self.accelerator.accumulate(model):
+                        loss = self.criterion(model(batch["image"]), batch["label"])
+                        self.accelerator.backward(loss)
+                        if self.training.grad_clip and self.accelerator.sync_gradients:
+                            self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    total += loss.item() * len(batch["label"])
+                    seen += len(batch["label"])
+                bar.advance(loss=total / max(seen, 1))
+        return total / max(seen, 1)
+
+    @torch.no_grad()
+    def predict(self, model, loader) -> Predictions:
+        """Probabilities for every sample exactly once, identical on every process.
+
+        Shards are gathered and de-duplicated by dataset index, which removes the
+        samples Accelerate repeats to even out the last batch and tolerates shards
+        that lost different numbers of unreadable images.
+        """
+        model.eval()
+        indices, probs, labels, losses, failed = [], [], [], [], []
+        for batch in loader:
+            failed += batch["failed"]
+            if batch["image"] is None:
+                continue
+            logits = model(batch["image"]).float()
+            losses.append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
+            indices.append(batch["index"].cpu())
+            probs.append(logits.softmax(1).cpu())
+            labels.append(batch["label"].cpu())
+        part = {
+            "indices": torch.cat(indices).numpy() if indices else np.zeros(0, int),
+            "probs": torch.cat(probs).numpy() if probs else np.zeros((0, len(self.classes))),
+            "labels": torch.cat(labels).numpy() if labels else np.zeros(0, int),
+            "losses": torch.cat(losses).numpy() if losses else np.zeros(0),
+            "failed": failed,
+        }
+        parts = [part]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([part])
+        merged = {key: np.concatenate([p[key] for p in parts]) for key in ("indices", "probs", "labels", "losses")}
+        if not len(merged["indices"]):
+            raise DataError("no image of the evaluation set could be decoded; see the warnings above")
+        _, first = np.unique(merged["indices"], return_index=True)
+        failed = sorted({f for p in parts for f in p["failed"]})
+        return Predictions(
+            merged["indices"][first], merged["probs"][first], merged["labels"][first],
+            float(merged["losses"][first].mean()), failed,
+        )
+
+    def _improves(self, score: float, loss: float) -> bool:
+        """Better by more than min_delta; on an exact tie (AUC saturates at 1.0), a lower loss wins."""
+        if not math.isfinite(score):
+            return False
+        if not math.isfinite(self.state.best):
+            return True
+        gain = self.sign * (score - self.state.best)
+        return gain > self.training.early_stopping.min_delta or (gain == 0 and loss < self.state.best_loss)
+
+    def _count_failures(self, failed: list[tuple[str, str]]) -> None:
+        for path, reason in failed:
+            if path not in self.state.failed:
+                self.state.failed[path] = reason
+                self.console.print(f"[yellow]warning:[/] skipped unreadable image {path}: {reason}")
+        limit = self.recipe.data.max_failed_fraction
+        size = self.dataset_size
+        if failed and len(self.state.failed) > limit * size:
+            raise DataError(
+                f"{len(self.state.failed)} of {size} images could not be decoded, more than data.max_failed_fraction "
+                f"= {limit:g}. First: {next(iter(self.state.failed.items()))}. Fix or remove those files "
+                "(`histofuse data check` lists them), or raise the limit."
+            )
+
+
+def _describe(trainable: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in trainable.items())

@@ -1,0 +1,114 @@
+"""Freezing by parameter groups, learning rates per group, and the real default architectures."""
+
+import pytest
+import torch
+
+from histofuse.errors import RecipeError
+from histofuse.model import apply_phase, build_model, count_parameters
+
+
+@pytest.fixture
+def model(tiny_recipe, registry):
+    torch.manual_seed(0)
+    return build_model(tiny_recipe, registry, num_classes=2)
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def group_names(model, backbone):
+    ids = [{id(p) for p in g} for g in model.backbones[backbone].parameter_groups()]
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{names[i] for i in group} for group in ids]
+
+
+def test_head_phase_trains_only_fusion_and_head(model, tiny_recipe):
+    plan = apply_phase(model, tiny_recipe.phases[0])
+    names = trainable_names(model)
+    assert names and all(n.startswith(("fusion.", "head.")) for n in names)
+    assert [g["name"] for g in plan.param_groups] == ["head"]
+    assert plan.param_groups[0]["lr"] == 1e-3
+
+
+def test_partial_phase_trains_exactly_the_last_groups_at_the_backbone_rate(model, tiny_recipe):
+    plan = apply_phase(model, tiny_recipe.phases[1])  # cnn: last 2, vit: last 2
+    names = trainable_names(model)
+    for backbone in ("cnn", "vit"):
+        groups = group_names(model, backbone)
+        assert set().union(*groups[-2:]) <= names
+        assert not (set().union(*groups[:-2]) & names)
+    lrs = {g["name"]: g["lr"] for g in plan.param_groups}
+    assert lrs == {"head": 1e-3, "backbone": 1e-4}
+    backbone_ids = {id(p) for p in plan.param_groups[1]["params"]}
+    assert backbone_ids == {id(p) for n, p in model.named_parameters() if n in names and n.startswith("backbones.")}
+
+
+def test_full_phase_trains_everything(model, tiny_recipe):
+    apply_phase(model, tiny_recipe.phases[2])
+    assert trainable_names(model) == {n for n, _ in model.named_parameters()}
+
+
+def test_only_trainable_parameters_receive_gradients_and_frozen_backbones_build_no_graph(model, tiny_recipe):
+    apply_phase(model, tiny_recipe.phases[1])
+    model.train()
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable_names(model)
+
+    model.zero_grad(set_to_none=True)
+    apply_phase(model, tiny_recipe.phases[0])
+    model.train()
+    assert not model.backbones["cnn"].training  # frozen: batch-norm statistics stay put
+    features = model.features(torch.rand(2, 3, 32, 32))
+    assert all(f.grad_fn is None for f in features)
+
+
+def test_frozen_backbone_batchnorm_statistics_do_not_move(model, tiny_recipe):
+    apply_phase(model, tiny_recipe.phases[0])
+    model.train()
+    before = {k: v.clone() for k, v in model.backbones["cnn"].state_dict().items() if "running_mean" in k}
+    model(torch.rand(4, 3, 32, 32) * 3)
+    after = model.backbones["cnn"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unfreezing_more_groups_than_exist_is_a_clear_error(model, tiny_recipe):
+    phase = tiny_recipe.phases[1].model_copy(update={"unfreeze": {"cnn": 99}})
+    with pytest.raises(RecipeError, match=r"phases\[1\].unfreeze.cnn: asks for the last 99 parameter groups but backbone 'cnn' has 6"):
+        apply_phase(model, phase, "phases[1]")
+
+
+def test_concat_fusion_and_head_have_the_configured_shape(model):
+    assert model.fusion.out_features == 32
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 2)
+    layers = [type(m).__name__ for m in model.fusion.layers] + [type(m).__name__ for m in model.head.layers]
+    assert layers == ["LayerNorm", "Linear", "GELU", "LayerNorm", "Dropout", "Linear", "LayerNorm", "Linear", "GELU", "Dropout", "Linear"]
+
+
+def test_each_backbone_sees_its_own_normalisation(model):
+    assert model.backbones["cnn"].mean == (0.485, 0.456, 0.406)
+    assert model.backbones["vit"].mean == (0.5, 0.5, 0.5)
+    x = torch.full((1, 3, 4, 4), 0.5)
+    assert torch.allclose(model.normalize["vit"](x), torch.zeros_like(x))
+
+
+def test_the_papers_default_architectures_build_and_run(registry):
+    """tf_efficientnetv2_s + vit_base_patch16_224 with the paper's head, for real (random weights)."""
+    from conftest import REPO
+
+    from histofuse.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "breakhis_phased.toml", ["model.backbones[0].pretrained=false", "model.backbones[1].pretrained=false"])
+    torch.manual_seed(0)
+    model = build_model(recipe, registry, num_classes=2)
+    assert model.backbones["cnn"].num_features == 1280
+    assert model.backbones["vit"].num_features == 768
+    assert len(model.backbones["cnn"].parameter_groups()) == 7
+    assert len(model.backbones["vit"].parameter_groups()) == 13
+    assert 109e6 < count_parameters(model) < 110.5e6
+    plan = apply_phase(model, recipe.phases[1])
+    assert plan.unfrozen_groups == {"cnn": 3, "vit": 4}
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224)).shape == (1, 2)

@@ -1,0 +1,51 @@
+import cv2
+import numpy as np
+import pytest
+
+import histofuse
+
+
+@pytest.fixture
+def reinhard(registry):
+    return registry.get("normalizer", "reinhard").build()
+
+
+def tiles(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(30, 250, (20 + i, 30, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_lab_is_on_opencvs_8bit_scale(reinhard):
+    image = tiles(1)[0]
+    assert np.abs(reinhard._lab(image) - cv2.cvtColor(image, cv2.COLOR_RGB2LAB)).max() < 1.5  # uint8 rounding
+
+
+def test_streaming_fit_equals_two_pass_statistics(reinhard):
+    images = tiles()
+    state = reinhard.fit(iter(images))
+    lab = np.concatenate([reinhard._lab(im).reshape(-1, 3) for im in images]).astype(np.float64)
+    np.testing.assert_allclose(state["mean"], lab.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(state["std"], lab.std(0), rtol=1e-6)
+
+
+def test_transform_before_fit_is_a_clear_error(reinhard):
+    with pytest.raises(histofuse.NotFittedError, match="not fitted"):
+        reinhard.transform(tiles(1)[0])
+
+
+def test_an_image_already_at_the_target_barely_changes(reinhard):
+    image = tiles(1, seed=3)[0]
+    reinhard.fit([image])
+    assert np.abs(reinhard.transform(image).astype(int) - image).max() <= 1
+
+
+def test_flat_tile_comes_back_without_nan_and_state_survives_json(reinhard):
+    import json
+
+    reinhard.fit(tiles())
+    other = type(reinhard)()
+    other.load_state(json.loads(json.dumps(reinhard.state)))
+    flat = np.full((8, 8, 3), 255, np.uint8)
+    out = other.transform(flat)
+    assert out.dtype == np.uint8 and np.isfinite(out).all()
+    assert np.array_equal(other.transform(tiles(1)[0]), reinhard.transform(tiles(1)[0]))

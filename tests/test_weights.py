@@ -1,0 +1,74 @@
+"""Pretrained weights: from a local file (safely), and a clear message when the hub is unreachable."""
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from histofuse.errors import WeightsError
+
+
+@pytest.fixture
+def build(registry):
+    return registry.get("backbone", "timm").build
+
+
+def test_local_safetensors_weights_are_loaded_and_the_classifier_ignored(tmp_path, build):
+    torch.manual_seed(1)
+    source = timm.create_model("test_efficientnet", pretrained=False)  # with its 1000-class classifier
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    backbone = build(model="test_efficientnet", pretrained=str(path), image_size=32)
+    assert torch.equal(backbone.net.conv_stem.weight, source.conv_stem.weight)
+
+
+def test_a_pytorch_checkpoint_with_nested_state_dict_loads(tmp_path, build):
+    source = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    backbone = build(model="test_vit", pretrained=str(path), image_size=32)
+    assert torch.equal(backbone.net.patch_embed.proj.weight, source.patch_embed.proj.weight)
+
+
+def test_weights_of_the_wrong_shape_are_an_error_naming_the_tensors(tmp_path, build):
+    other = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    state = other.state_dict()
+    state["conv_stem.weight"] = torch.zeros(3, 3, 3, 3)
+    path = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(WeightsError, match=r"wrong shape.*conv_stem.weight: file \(3, 3, 3, 3\)"):
+        build(model="test_efficientnet", pretrained=str(path), image_size=32)
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path, build):
+    path = tmp_path / "vit.safetensors"
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(path))
+    with pytest.raises(WeightsError, match="none of the .* tensors .* match"):
+        build(model="test_efficientnet", pretrained=str(path), image_size=32)
+
+
+class Payload:
+    pass
+
+
+def test_files_holding_pickled_objects_are_refused(tmp_path, build):
+    path = tmp_path / "evil.pth"
+    torch.save({"weights": Payload()}, path)
+    with pytest.raises(WeightsError, match="pickled objects are refused"):
+        build(model="test_efficientnet", pretrained=str(path), image_size=32)
+
+
+def test_hub_download_offline_fails_with_what_to_do(monkeypatch, build):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as info:
+        build(model="test_efficientnet", pretrained=True, image_size=32)
+    message = str(info.value)
+    assert "could not load pretrained weights for timm model 'test_efficientnet'" in message
+    assert 'pretrained = "/path/to/weights.safetensors"' in message and "pretrained = false" in message
+
+
+def test_unknown_timm_names_and_tags_suggest_the_right_ones(build):
+    with pytest.raises(WeightsError, match="unknown timm model 'tf_efficientnetv2_ss'. Did you mean 'tf_efficientnetv2_s'"):
+        build(model="tf_efficientnetv2_ss", pretrained=False)
+    with pytest.raises(WeightsError, match="has no weights tag 'nope'"):
+        build(model="test_vit.nope", pretrained=False)
