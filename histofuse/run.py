@@ -112,11 +112,13 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to)
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
 
-    def make_train_loader(strength: str):
+    def make_train_loader(phase_index: int, strength: str):
         transform = hooks.make_transforms(stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to)
         dataset = ImageTable(frames["train"], classes, transform)
         balanced = recipe.training.sampler == "balanced"
-        return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=recipe.seed)
+        # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
+        seed = recipe.seed * 1000 + phase_index
+        return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
 
     def make_eval_loader(frame: pd.DataFrame):
         return make_loader(ImageTable(frame, classes, eval_transform), eval_batch, train=False, num_workers=workers)

@@ -172,3 +172,15 @@ def test_recipe_check_resolves_the_papers_recipe(tmp_path):
     assert "tf_efficientnetv2_s" in out and "vit_base_patch16_224" in out
     assert "109.7M parameters" in out
     assert "is valid" in out and 'label_smoothing = 0.2' in out
+
+
+def test_the_same_recipe_and_seed_give_the_same_result(tmp_path, tiny_recipe_dict):
+    """Sampling, augmentation (in a worker process too) and initialisation all follow the recipe's seed."""
+    tiny_recipe_dict["data"]["num_workers"] = 1
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    outputs = []
+    for name in ("a", "b"):
+        assert run_cli(["run", str(recipe), "-o", str(tmp_path / name)]).exit_code == 0
+        run_dir = only_run_dir(tmp_path / name)
+        outputs.append(((run_dir / "predictions.csv").read_text(), pd.read_csv(run_dir / "history.csv")["train_loss"].tolist()))
+    assert outputs[0] == outputs[1]

@@ -73,6 +73,20 @@ def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def _seed_transform(dataset: ImageTable, seed: int) -> None:
+    # Transforms with their own random state (albumentations) say so with set_random_seed.
+    reseed = getattr(dataset.transform, "set_random_seed", None)
+    if reseed is not None:
+        reseed(seed % 2**32)
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    # torch gives each worker base_seed + id, with base_seed drawn from the loader's generator:
+    # distinct per worker, reproducible per run.
+    _seed_transform(info.dataset, info.seed)
+
+
 def make_loader(
     dataset: ImageTable,
     batch_size: int,
@@ -82,7 +96,10 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
+    """A loader whose sampling and augmentation are reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
+    if num_workers == 0:
+        _seed_transform(dataset, seed)
     sampler = None
     if train and balanced:
         weights = balanced_sample_weights(dataset.labels, max(dataset.labels) + 1)
@@ -96,6 +113,7 @@ def make_loader(
         collate_fn=collate,
         drop_last=False,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
     )

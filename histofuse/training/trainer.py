@@ -53,7 +53,7 @@ class Trainer:
         recipe: Recipe,
         classes: list[str],
         accelerator: Accelerator,
-        make_train_loader: Callable[[str], DataLoader],
+        make_train_loader: Callable[[int, str], DataLoader],
         val_loader: DataLoader,
         criterion: nn.Module,
         hooks,
@@ -94,7 +94,7 @@ class Trainer:
         scheduler = self.hooks.make_scheduler(optimizer=optimizer, training=self.training)
         # Prepared afresh each phase, so a distributed wrapper sees the parameters that now train.
         model, optimizer, train_loader, val_loader = self.accelerator.prepare(
-            self.model, optimizer, self.make_train_loader(phase.augment), self.val_loader
+            self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
         self.accelerator.print(
             f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "

@@ -18,8 +18,6 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int):
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
     import cv2
-    import numpy as np
-    import torch
 
     steps = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA)]
     if stage == "train" and strength != "none":
@@ -45,13 +43,25 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int):
             )
     else:
         steps.append(A.CenterCrop(image_size, image_size))
-    pipeline = A.Compose(steps)
+    return AlbumentationsTransform(A.Compose(steps))
 
-    def transform(image: np.ndarray) -> torch.Tensor:
-        out = pipeline(image=image)["image"]
+
+class AlbumentationsTransform:
+    """RGB uint8 -> float tensor in [0, 1]; ``set_random_seed`` lets histofuse seed each worker and phase."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def set_random_seed(self, seed: int) -> None:
+        # Compose keeps its own random state, untouched by torch/numpy seeding.
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image):
+        import numpy as np
+        import torch
+
+        out = self.pipeline(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float().div_(255.0)
-
-    return transform
 
 
 @histofuse.hookimpl(trylast=True)
