@@ -18,7 +18,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="histofuse",
-    help="Train, evaluate and serve histopathology classifiers built from fused pretrained backbones.",
+    help="Train and evaluate histopathology classifiers built from fused pretrained backbones.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,15 +36,20 @@ def _registry():
 
 
 def _load(recipe_path: Path, overrides: Optional[List[str]]):
-    from histofuse.recipe import check_recipe, load_recipe
+    """Parse, cross-check and dry-build a recipe; raise one RecipeError listing every problem."""
     from histofuse.errors import RecipeError
+    from histofuse.recipe import check_recipe, load_recipe
+    from histofuse.summary import check_model
 
     recipe = load_recipe(recipe_path, overrides or [])
     registry = _registry()
     problems = check_recipe(recipe, registry)
     if problems:
         raise RecipeError(str(recipe_path), problems)
-    return recipe, registry
+    problems, model = check_model(recipe, registry)
+    if problems:
+        raise RecipeError(str(recipe_path), problems)
+    return recipe, registry, model
 
 
 @app.command()
@@ -56,7 +61,7 @@ def run(
     """Train a recipe's phases, then evaluate the best weights on the test split."""
     from histofuse.run import run_recipe
 
-    parsed, registry = _load(recipe, set_)
+    parsed, registry, _ = _load(recipe, set_)
     run_dir = run_recipe(parsed, registry, output_dir, console)
     if console.quiet:
         return
@@ -77,8 +82,8 @@ def recipe_check(
     from histofuse.recipe import recipe_to_toml
     from histofuse.summary import describe_recipe
 
-    parsed, registry = _load(recipe, set_)
-    for table in describe_recipe(parsed, registry):
+    parsed, registry, model = _load(recipe, set_)
+    for table in describe_recipe(parsed, registry, model):
         console.print(table)
     console.print(f"[green]ok[/]: {recipe} is valid")
     if show_toml:

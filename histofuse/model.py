@@ -152,14 +152,20 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
     from histofuse.recipe import validate_options
 
     backbones = {}
-    for cfg in recipe.model.backbones:
+    for i, cfg in enumerate(recipe.model.backbones):
         spec = registry.get("backbone", cfg.source)
-        backbones[cfg.name] = spec.build(
-            model=cfg.model,
-            pretrained=cfg.pretrained if pretrained else False,
-            image_size=recipe.data.image_size,
-            **validate_options(spec, cfg.options),
-        )
+        try:
+            backbones[cfg.name] = spec.build(
+                model=cfg.model,
+                pretrained=cfg.pretrained if pretrained else False,
+                image_size=recipe.data.image_size,
+                **validate_options(spec, cfg.options),
+            )
+        except (TypeError, ValueError) as exc:
+            # Options are passed through to the factory (e.g. timm.create_model), which rejects unknown ones.
+            raise RecipeError(
+                "recipe", [f"model.backbones[{i}].options: '{cfg.source}' cannot build '{cfg.model}' with {cfg.options}: {exc}"]
+            ) from None
     fusion_spec = registry.get("fusion", recipe.model.fusion)
     fusion = fusion_spec.build(
         in_features=[b.num_features for b in backbones.values()],

@@ -53,6 +53,12 @@ class PluginManager(pluggy.PluginManager):
                 try:
                     module = ep.load()
                     self.register_plugin(module, ep.name, label)
+                    self.check_pending()
+                except pluggy.PluginValidationError as exc:
+                    # e.g. a misspelt hook name: this plugin is broken, the others still work
+                    self.unregister(name=ep.name)
+                    self.distributions.pop(ep.name, None)
+                    self.failures.append(PluginFailure(ep.name, label, f"invalid plugin: {exc}"))
                 except Exception as exc:  # any import error must not take the CLI down
                     self.failures.append(PluginFailure(ep.name, label, f"{type(exc).__name__}: {exc}"))
 

@@ -113,7 +113,7 @@ class TrainingConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["balanced", "none"] = "balanced"
     sampler: Literal["balanced", "shuffle"] = "balanced"
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, ge=0)
     grad_accumulation: int = Field(1, ge=1, le=1024)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     monitor: Literal["val_auc", "val_loss", "val_balanced_accuracy"] = "val_auc"
@@ -155,12 +155,15 @@ _EXPECTED = {
 }
 
 
+_UNION_TAG = re.compile(r"str|int|float|bool|(dict|list|literal|function-\w+)\[.*\]")
+
+
 def _format_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith(("function-", "literal[", "dict[", "str", "bool", "int", "float")):
+        elif _UNION_TAG.fullmatch(str(part)):
             # Union branches add their type name to the location; the user never typed it.
             continue
         else:

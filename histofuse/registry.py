@@ -53,12 +53,13 @@ class Registry:
             except Exception as exc:  # a broken plugin only fails runs that need it
                 self.failures.append(PluginFailure(plugin, dist, f"{hook_name} raised {type(exc).__name__}: {exc}"))
                 continue
+            wrong = [type(spec).__name__ for spec in specs if not isinstance(spec, expected)]
+            if wrong:
+                self.failures.append(
+                    PluginFailure(plugin, dist, f"{hook_name} returned {', '.join(wrong)}; expected {expected.__name__} objects")
+                )
+                continue
             for spec in specs:
-                if not isinstance(spec, expected):
-                    raise PluginError(
-                        f"plugin '{plugin}' ({dist}) returned {type(spec).__name__} from {hook_name}; "
-                        f"expected {expected.__name__} objects"
-                    )
                 taken = self._entries[kind].get(spec.name)
                 if taken is not None:
                     raise PluginError(

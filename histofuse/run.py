@@ -42,16 +42,22 @@ def load_table(recipe: Recipe, registry: Registry) -> tuple[pd.DataFrame, list[s
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
-        candidate = parent / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise HistofuseError(f"could not create a new run directory under {parent}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            candidate = parent / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise HistofuseError(
+            f"cannot create a run directory under '{parent}' ({exc.strerror or exc}); "
+            "choose a writable folder with --output-dir"
+        ) from None
+    raise HistofuseError(f"could not find a free run directory name under {parent}")
 
 
 def make_accelerator(recipe: Recipe):
@@ -92,7 +98,8 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     if not accelerator.is_main_process:
         console.quiet = True  # one process talks
     set_seed(recipe.seed)
-    table, classes = load_table(recipe, registry)
+    with accelerator.main_process_first():  # a generated dataset is written once, then read by all
+        table, classes = load_table(recipe, registry)
     table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
 
     run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
@@ -139,8 +146,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
 
     model = trainer.model
     best = load_weights(model, run_dir)
-    test_loader = accelerator.prepare(make_eval_loader(frames["test"]))
-    prepared = accelerator.prepare(model)
+    prepared, test_loader = accelerator.prepare(model, make_eval_loader(frames["test"]))
     result = trainer.predict(prepared, test_loader)
     from histofuse.metrics import classification_metrics
 

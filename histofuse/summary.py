@@ -20,11 +20,31 @@ def build_on_meta(recipe: Recipe, registry: Registry, num_classes: int):
         return build_model(recipe, registry, num_classes, pretrained=False)
 
 
-def describe_recipe(recipe: Recipe, registry: Registry) -> list[Table]:
-    from histofuse.model import apply_phase, count_parameters
+def check_model(recipe: Recipe, registry: Registry) -> tuple[list[str], object]:
+    """Build the model on the meta device and apply every phase: problems found, and the model if it built.
+
+    Catches what only the model knows (a backbone with fewer groups than a phase
+    unfreezes, options its factory rejects) before a single epoch is spent.
+    """
+    from histofuse.errors import RecipeError
+    from histofuse.model import apply_phase
 
     num_classes = len(recipe.data.classes) if recipe.data.classes else 2
-    model = build_on_meta(recipe, registry, num_classes)
+    try:
+        model = build_on_meta(recipe, registry, num_classes)
+    except RecipeError as exc:
+        return exc.problems, None
+    problems = []
+    for i, phase in enumerate(recipe.phases):
+        try:
+            apply_phase(model, phase, f"phases[{i}]")
+        except RecipeError as exc:
+            problems += exc.problems
+    return problems, model
+
+
+def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
+    from histofuse.model import apply_phase, count_parameters
 
     components = Table(title=f"recipe '{recipe.name}': components")
     for column in ("role", "kind", "name", "provided by"):

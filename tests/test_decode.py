@@ -62,3 +62,17 @@ def test_truncated_png_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageDecodeError, match="cannot read file"):
         decode_image(tmp_path / "nope.png")
+
+
+def test_a_header_claiming_a_gigantic_image_is_refused_not_crashing(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(ImageDecodeError):
+        decode_image(tmp_path / "bomb.png")

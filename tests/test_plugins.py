@@ -83,8 +83,12 @@ def test_wrong_spec_type_is_reported_with_the_plugin_name():
 
     pm = create_plugin_manager(entry_points=False, plugins=())
     pm.register_plugin(Wrong(), "wrong_plugin")
-    with pytest.raises(PluginError, match="'wrong_plugin'.*expected FusionSpec"):
-        Registry(pm)
+    pm.register_plugin(DatasetPlugin("fine"), "fine_plugin")
+    registry = Registry(pm)
+    [failure] = registry.failures
+    assert failure.name == "wrong_plugin"
+    assert failure.error == "register_fusions returned DatasetSpec; expected FusionSpec objects"
+    assert registry.names("dataset") == ["fine"]
 
 
 def test_entry_points_load_from_installed_distributions_and_record_them():
@@ -122,6 +126,22 @@ def test_a_plugin_that_fails_to_import_is_listed_and_does_not_break_the_cli(tmp_
     assert result.exit_code == 0
     assert "broken_histo_plugin" in result.output and "failed to load" in result.output
     assert "synthetic" in result.output
+
+
+def test_an_installed_plugin_with_a_misspelt_hook_is_listed_not_fatal(tmp_path, monkeypatch):
+    source = """
+    import histofuse
+
+    @histofuse.hookimpl
+    def register_dataset():
+        return []
+    """
+    make_fake_distribution(tmp_path, "typo_histo_plugin", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(create_plugin_manager())
+    [failure] = [f for f in registry.failures if f.name == "typo_histo_plugin"]
+    assert "invalid plugin" in failure.error and "register_dataset" in failure.error
+    assert "synthetic" in registry.names("dataset")
 
 
 def test_every_hook_has_a_builtin_implementation(builtin_pm):

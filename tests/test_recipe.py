@@ -113,3 +113,31 @@ def test_recipe_file_errors_use_the_file_name(tmp_path, tiny_recipe_dict):
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     assert str(info.value).startswith(f"{path}: 1 problem")
+
+
+def test_unknown_keys_keep_their_name_even_when_it_looks_like_a_type(tiny_recipe_dict):
+    tiny_recipe_dict["training"]["strength"] = 1
+    [problem] = problems_of(tiny_recipe_dict)
+    assert problem.startswith("training.strength: unknown key")
+
+
+def test_gradient_clipping_can_be_switched_off(tiny_recipe_dict):
+    tiny_recipe_dict["training"]["grad_clip"] = 0
+    assert parse_recipe(tiny_recipe_dict).training.grad_clip == 0
+    tiny_recipe_dict["training"]["grad_clip"] = -1
+    assert problems_of(tiny_recipe_dict)[0].startswith("training.grad_clip: ")
+
+
+def test_model_level_problems_are_found_before_training(tiny_recipe_dict, registry):
+    from histofuse.summary import check_model
+
+    tiny_recipe_dict["phases"][2]["unfreeze"] = {"cnn": 99, "vit": 1}
+    tiny_recipe_dict["model"]["backbones"][1]["options"] = {"not_an_option": 1}
+    problems, model = check_model(parse_recipe(tiny_recipe_dict), registry)
+    assert model is None
+    assert problems[0].startswith("model.backbones[1].options: 'timm' cannot build 'test_vit'")
+    del tiny_recipe_dict["model"]["backbones"][1]["options"]
+    problems, model = check_model(parse_recipe(tiny_recipe_dict), registry)
+    assert problems == [
+        "phases[2].unfreeze.cnn: asks for the last 99 parameter groups but backbone 'cnn' has 6; use at most 6 or \"all\""
+    ]

@@ -184,3 +184,20 @@ def test_the_same_recipe_and_seed_give_the_same_result(tmp_path, tiny_recipe_dic
         run_dir = only_run_dir(tmp_path / name)
         outputs.append(((run_dir / "predictions.csv").read_text(), pd.read_csv(run_dir / "history.csv")["train_loss"].tolist()))
     assert outputs[0] == outputs[1]
+
+
+def test_output_dir_that_is_a_file_is_a_clear_error(tmp_path, tiny_recipe_dict):
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    (tmp_path / "afile").write_text("x")
+    done = cli("run", str(recipe), "-o", str(tmp_path / "afile"))
+    assert done.returncode == 1
+    assert "cannot create a run directory under" in done.stderr and "--output-dir" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_bad_unfreeze_fails_before_any_training(tmp_path, tiny_recipe_dict):
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    done = cli("run", str(recipe), "-o", str(tmp_path / "runs"), "--set", "phases[2].unfreeze={cnn=99}")
+    assert done.returncode == 2
+    assert "phases[2].unfreeze.cnn: asks for the last 99" in done.stderr
+    assert not (tmp_path / "runs").exists()

@@ -43,3 +43,21 @@ def test_leakage_check_catches_a_group_in_two_splits():
     out.loc[victim, "group"] = out.loc[out["split"] == "test", "group"].iloc[0]
     with pytest.raises(DataError, match="patient leakage: 1 group"):
         check_no_leakage(out)
+
+
+def test_a_class_that_is_never_a_patients_main_label_is_reported():
+    rows = table(groups_per_class=6)
+    rows = rows[rows["label"] == "benign"].copy()
+    extra = rows.groupby("group").head(1).head(2).copy()  # "rare" lives in two patients only
+    extra["label"] = "rare"
+    with pytest.raises(DataError, match="leaves a class out of a split"):
+        split_by_group(pd.concat([rows, extra]), 0.2, 0.2, seed=0)
+
+
+def test_rows_without_a_group_are_rejected_not_merged():
+    from histofuse.data.table import check_table
+
+    rows = table(groups_per_class=3)
+    rows.loc[0, "group"] = None
+    with pytest.raises(DataError, match="1 row\\(s\\) without a path, label or group"):
+        check_table(rows, "toy", None)

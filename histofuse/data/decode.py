@@ -30,7 +30,11 @@ def decode_image(path: str | Path) -> np.ndarray:
         raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise ImageDecodeError(str(path), "file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:
+        # e.g. a header claiming more pixels than OpenCV's limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+        raise ImageDecodeError(str(path), f"refused by the decoder: {str(exc).strip().splitlines()[-1]}") from None
     if image is None:
         raise ImageDecodeError(str(path), "not a decodable image (truncated or not an image format OpenCV reads)")
     return to_rgb8(image, str(path))

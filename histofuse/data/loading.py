@@ -111,7 +111,8 @@ def make_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
-        drop_last=False,
+        # A last training batch of one image would break batch norm; evaluation keeps every image.
+        drop_last=train and len(dataset) > batch_size,
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         generator=generator,

@@ -41,6 +41,17 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
     out = table.copy()
     out["split"] = out["group"].map(assignment)
     check_no_leakage(out)
+    missing = [
+        f"{split} has no '{label}'"
+        for split in SPLITS
+        for label in sorted(table["label"].unique(), key=str)
+        if not ((out["split"] == split) & (out["label"] == label)).any()
+    ]
+    if missing:
+        raise DataError(
+            "the patient-level split leaves a class out of a split (" + "; ".join(missing) + "): that class is never "
+            "the main label of enough patients. Give it more patients, or merge it into another class."
+        )
     return out
 
 

@@ -27,6 +27,13 @@ def check_table(table: object, dataset: str, classes: list[str] | None) -> tuple
     if table.empty:
         raise DataError(f"dataset '{dataset}' found no images")
     table = table.reset_index(drop=True).copy()
+    empty = table[list(REQUIRED_COLUMNS)].isna().any(axis=1)
+    if empty.any():
+        first = table[empty].iloc[0].to_dict()
+        raise DataError(
+            f"dataset '{dataset}' returned {int(empty.sum())} row(s) without a path, label or group (first: {first}). "
+            "Every image needs a label and a patient group; without groups a patient-level split is impossible."
+        )
     table["label"] = table["label"].astype(str)
     table["group"] = table["group"].astype(str)
     table["path"] = table["path"].astype(str)

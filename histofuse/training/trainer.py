@@ -18,6 +18,7 @@ from histofuse.errors import DataError
 from histofuse.metrics import classification_metrics, monitor_value
 from histofuse.model import HybridModel, apply_phase
 from histofuse.recipe import PhaseConfig, Recipe
+from histofuse.training.accel import prepare_phase, release
 from histofuse.training.checkpoint import load_weights, save_weights
 from histofuse.training.history import History
 from histofuse.training.progress import EpochProgress
@@ -92,9 +93,8 @@ class Trainer:
         plan = apply_phase(self.model, phase, f"phases[{index}]")
         optimizer = self.hooks.make_optimizer(param_groups=plan.param_groups, training=self.training)
         scheduler = self.hooks.make_scheduler(optimizer=optimizer, training=self.training)
-        # Prepared afresh each phase, so a distributed wrapper sees the parameters that now train.
-        model, optimizer, train_loader, val_loader = self.accelerator.prepare(
-            self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
+        model, optimizer, train_loader, val_loader = prepare_phase(
+            self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
         self.accelerator.print(
             f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "
@@ -106,7 +106,9 @@ class Trainer:
             started = time.perf_counter()
             train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
             val = self.predict(model, val_loader)
-            self._count_failures(val.failed)
+            self._record_failures(val.failed)
+            self._merge_failures_across_processes()
+            self._check_failure_limit()
             metrics = classification_metrics(val.labels, val.probs, self.classes)
             score = monitor_value(metrics, val.loss, self.training.monitor)
             scheduler.step(score)
@@ -114,8 +116,10 @@ class Trainer:
             if improved:
                 self.state.best, self.state.best_loss, self.state.best_epoch, stale = score, val.loss, self.state.epoch, 0
                 if self.accelerator.is_main_process:
-                    unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+                    # keep_fp32_wrapper=True: only the state dict is saved; the live model must keep its autocast.
+                    unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
                     save_weights(unwrapped, self.run_dir, {**self.meta, "epoch": self.state.epoch, "monitor": self.training.monitor, "best": score})
+                self.accelerator.wait_for_everyone()  # nobody reads the best weights before they are written
             else:
                 stale += 1
             record = self.history.add(
@@ -131,20 +135,21 @@ class Trainer:
             if early.enabled and stale >= early.patience and phase_epoch < phase.epochs:
                 self.accelerator.print(f"early stopping: no improvement in {stale} epochs; ending phase '{phase.name}'")
                 break
-        self.model = self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        self.accelerator.free_memory()
+        self.model = release(self.accelerator, model)
 
     def _train_epoch(self, model, optimizer, loader, phase: PhaseConfig, phase_epoch: int) -> float:
         model.train()
         total, seen = 0.0, 0
         with EpochProgress(self.console, f"{phase.name} {phase_epoch}/{phase.epochs}", len(loader), self.accelerator.is_main_process) as bar:
             for batch in loader:
-                self._count_failures(batch["failed"])
-                if batch["image"] is not None:
+                self._record_failures(batch["failed"])
+                if self.accelerator.num_processes == 1:
+                    self._check_failure_limit()
+                if self._every_process_can_step(batch):
                     with self.accelerator.accumulate(model):
                         loss = self.criterion(model(batch["image"]), batch["label"])
                         self.accelerator.backward(loss)
-                        if self.training.grad_clip and self.accelerator.sync_gradients:
+                        if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
                             self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -203,18 +208,42 @@ class Trainer:
         gain = self.sign * (score - self.state.best)
         return gain > self.training.early_stopping.min_delta or (gain == 0 and loss < self.state.best_loss)
 
-    def _count_failures(self, failed: list[tuple[str, str]]) -> None:
+    def _every_process_can_step(self, batch: dict) -> bool:
+        """Skip a batch on every process together when any process lacks a usable one.
+
+        Batch norm cannot train on a single image, and unreadable files can shrink a
+        batch to one or none; one process skipping alone would leave DDP waiting forever.
+        """
+        has_data = batch["image"] is not None and len(batch["image"]) > 1
+        if self.accelerator.num_processes == 1:
+            return has_data
+        flag = torch.tensor([int(has_data)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="min").item())
+
+    def _record_failures(self, failed: list[tuple[str, str]]) -> None:
         for path, reason in failed:
             if path not in self.state.failed:
                 self.state.failed[path] = reason
                 self.console.print(f"[yellow]warning:[/] skipped unreadable image {path}: {reason}")
+
+    def _merge_failures_across_processes(self) -> None:
+        """Every process ends the epoch knowing every failure, so all take the same decision."""
+        if self.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import gather_object
+
+        for part in gather_object([self.state.failed]):
+            for path, reason in part.items():
+                self.state.failed.setdefault(path, reason)
+
+    def _check_failure_limit(self) -> None:
         limit = self.recipe.data.max_failed_fraction
-        size = self.dataset_size
-        if failed and len(self.state.failed) > limit * size:
+        if len(self.state.failed) > limit * self.dataset_size:
+            first = next(iter(self.state.failed.items()))
             raise DataError(
-                f"{len(self.state.failed)} of {size} images could not be decoded, more than data.max_failed_fraction "
-                f"= {limit:g}. First: {next(iter(self.state.failed.items()))}. Fix or remove those files "
-                "(`histofuse data check` lists them), or raise the limit."
+                f"{len(self.state.failed)} of {self.dataset_size} images could not be decoded, more than "
+                f"data.max_failed_fraction = {limit:g} (first: {first[0]}: {first[1]}). Fix or remove those files, "
+                "or raise the limit."
             )
 
 

@@ -98,7 +98,13 @@ def scan_synthetic(root, **options):
 
     opts = SyntheticOptions(**options)
     root = Path(root)
-    ensure_synthetic(root, opts)
+    try:
+        ensure_synthetic(root, opts)
+    except OSError as exc:
+        raise histofuse.DataError(
+            f"cannot write the synthetic dataset to '{root}' ({exc.strerror or exc}); "
+            "set data.root to a writable folder"
+        ) from None
     table, _ = scan_tree(root)
     table["group"] = table["patient_id"]
     return table
