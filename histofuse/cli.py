@@ -67,7 +67,7 @@ def run(
         return
     import json
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     console.print(_metrics_table(metrics))
     console.print(f"[green]done[/]: {run_dir}")
 
@@ -112,15 +112,110 @@ def plugins() -> None:
 
 
 def _metrics_table(metrics: dict) -> Table:
-    table = Table(title=f"test split: {metrics['n']} images")
+    """One column per evaluated set: the test split and each external set."""
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    sets = {k: v for k, v in metrics.items() if isinstance(v, dict) and "auc" in v}
+    table = Table(title="evaluation (threshold and temperature from the validation split)")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("auc", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1"):
-        value = metrics.get(key)
-        table.add_row(key, "n/a" if value is None else f"{value:.4f}")
-    classes = metrics["classes"]
-    table.add_row("confusion (rows true)", "\n".join(f"{c}: {row}" for c, row in zip(classes, metrics["confusion_matrix"])))
+    for name in sets:
+        table.add_column(name, justify="right")
+    rows = [
+        ("images", lambda m: str(m["n"])),
+        ("AUC", lambda m: fmt(m["auc"])),
+        ("AUC 95% CI (by patient)", lambda m: "n/a" if not m.get("auc_ci95") else f"{m['auc_ci95'][0]:.3f}-{m['auc_ci95'][1]:.3f}"),
+        ("accuracy", lambda m: fmt(m["accuracy"])),
+        ("balanced accuracy", lambda m: fmt(m["balanced_accuracy"])),
+        ("recall (sensitivity)", lambda m: fmt(m["recall"])),
+        ("specificity", lambda m: fmt(m["specificity"])),
+        ("precision", lambda m: fmt(m["precision"])),
+        ("F1", lambda m: fmt(m["f1"])),
+        ("ECE", lambda m: fmt(m.get("ece"))),
+        ("patient AUC", lambda m: fmt(m["per_patient"]["auc"]) if "per_patient" in m else "n/a"),
+        ("colour-only AUC", lambda m: fmt(m["color_baseline"]["auc"]) if "color_baseline" in m else "n/a"),
+        ("QC removed", lambda m: f"{m['qc']['removed']} of {m['qc']['checked']}" if m.get("qc") else "-"),
+        ("TTA / normalized", lambda m: f"{m['tta']} / {'yes' if m['normalized'] else 'no'}"),
+        ("confusion (rows true)", lambda m: "\n".join(str(r) for r in m["confusion_matrix"])),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(m) for m in sets.values()))
     return table
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    dataset: str = typer.Option(..., "--dataset", help="Registered dataset, e.g. bach."),
+    root: Path = typer.Option(..., "--root", help="Where the dataset is."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of this evaluation (default: the dataset name)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Dataset option KEY=VALUE (TOML value), repeatable."),
+    label_map: Optional[List[str]] = typer.Option(None, "--map", help="Map a dataset label onto a class: FROM=TO, repeatable."),
+    qc: bool = typer.Option(False, "--qc", help="Drop blurred images and images with little tissue first."),
+    normalize: bool = typer.Option(False, "--normalize", help="Stain-normalize with the statistics fitted on the run's training split."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, paper7 or d4."),
+) -> None:
+    """Evaluate a finished run on another dataset, with the run's threshold, normalizer and baseline."""
+    from histofuse.evaluate_run import evaluate_run
+
+    metrics = evaluate_run(
+        run_dir, dataset=dataset, root=root, name=name or dataset, options=option or [], label_map=label_map or [],
+        qc=qc, normalize=normalize, tta=tta, console=console,
+    )
+    console.print(_metrics_table({metrics["name"]: metrics}))
+
+
+@app.command("qc")
+def qc_command(
+    dataset: str = typer.Argument(..., help="Registered dataset, e.g. bach."),
+    root: Path = typer.Argument(..., help="Where the dataset is."),
+    out: Path = typer.Option(Path("qc.csv"), "--out", help="CSV with each image's scores and verdict."),
+    blur: float = typer.Option(75.0, min=0, help="Minimum variance of the Laplacian."),
+    background: int = typer.Option(220, min=1, max=255, help="Grey level counted as background."),
+    min_tissue: float = typer.Option(0.40, min=0, max=1, help="Minimum tissue fraction."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Dataset option KEY=VALUE, repeatable."),
+) -> None:
+    """Score every image for blur and tissue fraction; print a summary and write a CSV."""
+    from histofuse.data.decode import decode_image
+    from histofuse.evaluate_run import scan_dataset
+    from histofuse.qc import QCThresholds, qc_summary, run_qc
+
+    table = scan_dataset(_registry(), dataset, root, option or [])
+    scored = run_qc(table, QCThresholds(blur, background, min_tissue), decode_image)
+    scored.to_csv(out, index=False)
+    summary = qc_summary(scored)
+    result = Table(title=f"quality control: {dataset} at {root}")
+    result.add_column("verdict")
+    result.add_column("images", justify="right")
+    result.add_row("passed", str(summary["passed"]))
+    for reason, count in summary["reasons"].items():
+        result.add_row(f"removed: {reason}", str(count))
+    console.print(result)
+    console.print(f"scores per image: {out}")
+
+
+@app.command("stain-stats")
+def stain_stats(
+    dataset: str = typer.Argument(..., help="Registered dataset."),
+    root: Path = typer.Argument(..., help="Where the dataset is."),
+    out: Path = typer.Option(Path("stain_stats.json"), "--out", help="Where to save the statistics."),
+    normalizer: str = typer.Option("reinhard", "--normalizer", help="Registered normalizer to fit."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Fit on a random sample of N images."),
+    tissue_only: bool = typer.Option(False, "--tissue-only", help="Statistics over tissue pixels only."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Dataset option KEY=VALUE, repeatable."),
+) -> None:
+    """Fit a stain normalizer's statistics on a whole dataset (streaming) and save them as JSON."""
+    import json
+
+    from histofuse.evaluate_run import fit_normalizer_on
+
+    registry = _registry()
+    state = fit_normalizer_on(registry, dataset, root, normalizer, option or [], sample, tissue_only, seed)
+    out.write_text(json.dumps(state, indent=2))
+    console.print_json(data=state)
+    console.print(f"saved: {out}")
 
 
 def _add_plugin_commands() -> None:

@@ -8,17 +8,23 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None
+) -> dict:
     """Metrics for predicted class probabilities ``probs`` (N, C) against integer ``labels``.
 
     With two classes, the second class is positive: ``auc``, ``precision``,
     ``recall`` (sensitivity), ``specificity`` and ``f1`` refer to it. With more,
     they are macro averages and ``auc`` is one-vs-rest. A metric that is undefined
-    for this data (e.g. AUC with one class present) is None.
+    for this data (e.g. AUC with one class present) is None. ``threshold`` (two
+    classes only) predicts positive when its probability reaches it; otherwise
+    the most probable class wins.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(1)
+    if threshold is not None and probs.shape[1] == 2:
+        preds = (probs[:, 1] >= threshold).astype(int)
     k = len(classes)
     out: dict = {
         "n": int(len(labels)),
@@ -51,7 +57,50 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
         out["specificity"] = _macro_specificity(cm)
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)
+    if threshold is not None and k == 2:
+        out["threshold"] = float(threshold)
     return out
+
+
+def patient_level(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per patient: the majority label and the mean class probabilities of its images."""
+    import pandas as pd
+
+    frame = pd.DataFrame(probs).assign(group=groups, label=labels)
+    grouped = frame.groupby("group", sort=True)
+    patient_labels = grouped["label"].agg(lambda s: s.value_counts().index[0]).to_numpy()
+    patient_probs = grouped[list(range(probs.shape[1]))].mean().to_numpy()
+    return patient_labels, patient_probs
+
+
+def bootstrap_auc_ci(
+    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float] | None:
+    """Percentile interval of the image-level AUC, resampling patients (not images) with replacement.
+
+    Images of one patient are correlated; resampling them independently would
+    make the interval far too narrow.
+    """
+    if n <= 0:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    k = probs.shape[1]
+    values = []
+    for _ in range(n):
+        take = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        y = labels[take]
+        if len(np.unique(y)) < k:
+            continue
+        p = probs[take]
+        values.append(roc_auc_score(y, p[:, 1]) if k == 2 else roc_auc_score(y, p, multi_class="ovr", labels=list(range(k))))
+    if len(values) < n // 2:
+        return None  # too few patients of some class for a meaningful interval
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
 def _ratio(num: float, den: float) -> float | None:

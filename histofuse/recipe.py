@@ -122,6 +122,48 @@ class TrainingConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
+class QCConfig(_Section):
+    enabled: bool = False
+    blur: float = Field(75.0, ge=0)
+    background: int = Field(220, ge=1, le=255)
+    min_tissue: float = Field(0.40, ge=0, le=1)
+
+
+class NormalizerConfig(_Section):
+    name: str = "reinhard"
+    options: dict[str, Any] = Field(default_factory=dict)
+    sample: int | None = Field(None, ge=1)
+
+
+TTA = Literal["none", "paper7", "d4"]
+
+
+class EvaluationConfig(_Section):
+    tta: TTA = "none"
+    threshold: Literal["youden", "argmax"] | float = "youden"
+    temperature_scaling: bool = False
+    bootstrap: int = Field(1000, ge=0, le=100_000)
+    color_baseline: bool = True
+    normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
+
+    @model_validator(mode="after")
+    def _threshold_is_a_probability(self) -> "EvaluationConfig":
+        if isinstance(self.threshold, float) and not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        return self
+
+
+class ExternalSetConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    qc: QCConfig = Field(default_factory=QCConfig)
+    normalize: bool = False
+    tta: TTA | None = None
+
+
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -130,6 +172,8 @@ class Recipe(_Section):
     model: ModelConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     phases: list[PhaseConfig] = Field(min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    evaluate: list[ExternalSetConfig] = Field(default_factory=list)
 
     @property
     def total_epochs(self) -> int:
@@ -268,7 +312,7 @@ def _parse_override_path(path: str) -> list[str | int]:
     return keys
 
 
-def _parse_override_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -310,7 +354,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[str]:
             elif not isinstance(node, dict):
                 problems.append(f"--set {item}: parent of '{last}' is not a table")
                 continue
-            node[last] = _parse_override_value(text.strip())
+            node[last] = parse_value(text.strip())
     return problems
 
 
@@ -353,10 +397,10 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
 
     dataset = known("dataset", recipe.data.dataset, "data.dataset")
     if dataset is not None:
-        problems += _check_options(dataset, recipe.data.options, "data.options")
+        problems += check_options(dataset, recipe.data.options, "data.options")
     fusion = known("fusion", recipe.model.fusion, "model.fusion")
     if fusion is not None:
-        problems += _check_options(fusion, recipe.model.fusion_options, "model.fusion_options")
+        problems += check_options(fusion, recipe.model.fusion_options, "model.fusion_options")
 
     names = [b.name for b in recipe.model.backbones]
     for i, backbone in enumerate(recipe.model.backbones):
@@ -364,7 +408,7 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
             problems.append(f"model.backbones[{i}].name: '{backbone.name}' is used by two backbones")
         spec = known("backbone", backbone.source, f"model.backbones[{i}].source")
         if spec is not None:
-            problems += _check_options(spec, backbone.options, f"model.backbones[{i}].options")
+            problems += check_options(spec, backbone.options, f"model.backbones[{i}].options")
         if isinstance(backbone.pretrained, str) and not Path(backbone.pretrained).expanduser().is_file():
             problems.append(
                 f"model.backbones[{i}].pretrained: weights file '{backbone.pretrained}' does not exist; "
@@ -396,6 +440,23 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
                 "set unfreeze (\"all\" or a table of backbone = groups) or drop lr.backbone"
             )
 
+    normalizer_cfg = recipe.evaluation.normalizer
+    if any(e.normalize for e in recipe.evaluate):
+        normalizer = known("normalizer", normalizer_cfg.name, "evaluation.normalizer.name")
+        if normalizer is not None:
+            problems += check_options(normalizer, normalizer_cfg.options, "evaluation.normalizer.options")
+    set_names = [e.name for e in recipe.evaluate]
+    for i, external in enumerate(recipe.evaluate):
+        if set_names.count(external.name) > 1 and set_names.index(external.name) < i or external.name == "test":
+            problems.append(f"evaluate[{i}].name: '{external.name}' is used twice or is reserved ('test')")
+        spec = known("dataset", external.dataset, f"evaluate[{i}].dataset")
+        if spec is not None:
+            problems += check_options(spec, external.options, f"evaluate[{i}].options")
+        if recipe.data.classes is not None:
+            unknown = sorted(set(external.label_map.values()) - set(recipe.data.classes))
+            if unknown:
+                problems.append(f"evaluate[{i}].label_map: maps to {unknown}, not in data.classes {recipe.data.classes}")
+
     if recipe.data.classes is not None and len(set(recipe.data.classes)) != len(recipe.data.classes):
         problems.append("data.classes: class names must be unique")
     for hook_problems in registry.pm.hook.validate_recipe(recipe=recipe):
@@ -403,7 +464,7 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
     return problems
 
 
-def _check_options(spec: Any, options: dict[str, Any], path: str) -> list[str]:
+def check_options(spec: Any, options: dict[str, Any], path: str) -> list[str]:
     schema = getattr(spec, "options", None)
     if schema is None:
         return [f"{path}.{key}: '{spec.name}' takes no options" for key in options]

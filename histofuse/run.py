@@ -127,7 +127,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
         seed = recipe.seed * 1000 + phase_index
         return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
 
-    def make_eval_loader(frame: pd.DataFrame):
+    def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
         return make_loader(ImageTable(frame, classes, eval_transform), eval_batch, train=False, num_workers=workers)
 
     weights = None
@@ -146,21 +146,45 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
 
     model = trainer.model
     best = load_weights(model, run_dir)
-    prepared, test_loader = accelerator.prepare(model, make_eval_loader(frames["test"]))
-    result = trainer.predict(prepared, test_loader)
-    from histofuse.metrics import classification_metrics
-
-    metrics = classification_metrics(result.labels, result.probs, classes)
-    metrics.update(
-        split="test", loss=result.loss, best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
-        failed_images=sorted({*state.failed, *(p for p, _ in result.failed)}), seconds=time.perf_counter() - started,
+    metrics = evaluate_after_training(
+        recipe=recipe, registry=registry, accelerator=accelerator, model=model, classes=classes, frames=frames,
+        run_dir=run_dir, console=console,
+    )
+    metrics["test"].update(
+        best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
+        failed_images=sorted({*state.failed, *metrics["test"]["failed_images"]}), seconds=time.perf_counter() - started,
     )
     if accelerator.is_main_process:
-        (run_dir / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2))
-        _predictions(frames["test"], result, classes).to_csv(run_dir / "predictions.csv", index=False)
-    hooks.on_fit_end(run_dir=run_dir, metrics=metrics)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
     accelerator.end_training()
     return run_dir
+
+
+def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console) -> dict:
+    """Fit normalizer/baseline on training, threshold/temperature on validation; evaluate test and [[evaluate]] sets."""
+    from histofuse.evaluation import EvaluationState, Evaluator, calibrate, fit_on_training_split
+
+    normalize = any(e.normalize for e in recipe.evaluate)
+    normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console)
+    state = EvaluationState(None, 1.0, normalizer, baseline.to_json() if baseline else None)
+    evaluator = Evaluator(
+        accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes, state=state,
+        run_dir=run_dir, console=console,
+    )
+    val = evaluator.predict_frame(frames["val"], recipe.evaluation.tta, normalize=False)
+    state.threshold, state.temperature = calibrate(recipe, val.logits, val.labels, len(classes))
+    if accelerator.is_main_process:
+        state.save(run_dir)
+    if state.threshold is not None:
+        console.print(
+            f"decision threshold {state.threshold:.3f} ({recipe.evaluation.threshold}, from the validation split), "
+            f"temperature {state.temperature:.3f}"
+        )
+    metrics = {"test": evaluator.evaluate("test", frames["test"], tta=recipe.evaluation.tta, normalize=False, qc=None)}
+    for external in recipe.evaluate:
+        metrics[external.name] = evaluator.evaluate_external(external)
+    return metrics
 
 
 def _broadcast(accelerator, value: str) -> str:
@@ -169,16 +193,6 @@ def _broadcast(accelerator, value: str) -> str:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0]
-
-
-def _predictions(frame: pd.DataFrame, result, classes: list[str]) -> pd.DataFrame:
-    rows = frame.iloc[result.indices].reset_index(drop=True)
-    keep = [c for c in ("path", "group", "label", "subtype", "magnification") if c in rows]
-    out = rows[keep].copy()
-    for i, name in enumerate(classes):
-        out[f"prob_{name}"] = result.probs[:, i]
-    out["predicted"] = [classes[i] for i in result.probs.argmax(1)]
-    return out
 
 
 def _split_summary(table: pd.DataFrame, classes: list[str]) -> str:

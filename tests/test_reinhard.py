@@ -49,3 +49,35 @@ def test_flat_tile_comes_back_without_nan_and_state_survives_json(reinhard):
     out = other.transform(flat)
     assert out.dtype == np.uint8 and np.isfinite(out).all()
     assert np.array_equal(other.transform(tiles(1)[0]), reinhard.transform(tiles(1)[0]))
+
+
+def test_dataset_source_keeps_differences_between_images(registry):
+    spec = registry.get("normalizer", "reinhard")
+    dark, light = (np.clip(np.random.default_rng(s).normal(m, 25, (32, 32, 3)), 0, 255).astype(np.uint8) for s, m in ((0, 90), (1, 170)))
+    per_image = spec.build()
+    per_image.fit(tiles())
+    a, b = per_image.transform(dark), per_image.transform(light)
+    assert abs(a.mean() - b.mean()) < 3  # classic Reinhard: every image ends at the target mean
+    per_set = spec.build(source="dataset")
+    per_set.fit(tiles())
+    with pytest.raises(histofuse.NotFittedError, match="adapt"):
+        per_set.transform(dark)
+    per_set.adapt([dark, light])
+    a, b = per_set.transform(dark), per_set.transform(light)
+    assert b.mean() - a.mean() > 40
+
+
+def test_tissue_only_statistics_ignore_the_background(registry):
+    spec = registry.get("normalizer", "reinhard")
+    tissue = np.random.default_rng(0).integers(60, 180, (20, 20, 3), dtype=np.uint8)
+    padded = np.full((40, 40, 3), 250, np.uint8)
+    padded[:20, :20] = tissue
+    all_pixels, tissue_only = spec.build(), spec.build(tissue_only=True)
+    assert tissue_only.fit([padded]) == pytest.approx(spec.build().fit([tissue]), rel=1e-6)
+    assert all_pixels.fit([padded])["mean"][0] > tissue_only.state["mean"][0] + 20
+
+
+def test_paper_preset_needs_no_fitting(registry):
+    normalizer = registry.get("normalizer", "reinhard").build(preset="breakhis_paper")
+    assert normalizer.fitted and normalizer.state["mean"] == [180.8, 148.6, 116.5]
+    assert normalizer.transform(tiles(1)[0]).shape == tiles(1)[0].shape

@@ -49,12 +49,15 @@ def test_a_run_writes_everything_a_user_needs(tmp_path, tiny_recipe_dict):
     assert predictions[["prob_benign", "prob_malignant"]].sum(axis=1).round(5).eq(1).all()
 
     metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
-    for key in ("accuracy", "auc", "precision", "recall", "specificity", "f1", "confusion_matrix"):
-        assert key in metrics
+    for key in ("accuracy", "auc", "precision", "recall", "specificity", "f1", "confusion_matrix", "auc_ci95", "ece",
+                "threshold", "per_patient", "per_magnification", "color_baseline"):
+        assert key in metrics, key
+    assert sorted(metrics["per_magnification"]) == ["100", "200", "40", "400"]
+    assert json.loads((run_dir / "evaluation.json").read_text())["threshold"] == metrics["threshold"]
     assert sum(map(sum, metrics["confusion_matrix"])) == len(predictions)
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["classes"] == ["benign", "malignant"] and meta["epoch"] == metrics["best_epoch"]
-    assert "test split" in result.output
+    assert "evaluation (threshold and temperature from the validation split)" in result.output
 
 
 def test_one_corrupt_image_is_skipped_and_reported_not_fatal(tmp_path, tiny_recipe_dict, synthetic_root):

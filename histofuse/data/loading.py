@@ -18,13 +18,27 @@ log = logging.getLogger("histofuse")
 
 
 class ImageTable(Dataset):
-    """Images listed in a table; a file that fails to decode yields a failure record instead of raising."""
+    """Images listed in a table; a file that fails to decode yields a failure record instead of raising.
 
-    def __init__(self, table: pd.DataFrame, classes: list[str], transform: Callable[[np.ndarray], torch.Tensor]):
+    ``preprocess`` (e.g. stain normalization) runs on the decoded RGB image before
+    ``transform``; with ``color_stats`` each sample also carries the six LAB
+    statistics of the image the model sees, for the colour-only baseline.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        classes: list[str],
+        transform: Callable[[np.ndarray], torch.Tensor],
+        preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+        color_stats: bool = False,
+    ):
         self.paths = table["path"].tolist()
         index = {c: i for i, c in enumerate(classes)}
         self.labels = [index[label] for label in table["label"]]
         self.transform = transform
+        self.preprocess = preprocess
+        self.color_stats = color_stats
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -34,7 +48,14 @@ class ImageTable(Dataset):
             image = decode_image(self.paths[i])
         except ImageDecodeError as exc:
             return {"index": i, "error": exc.reason, "path": self.paths[i]}
-        return {"index": i, "image": self.transform(image), "label": self.labels[i]}
+        if self.preprocess is not None:
+            image = self.preprocess(image)
+        sample = {"index": i, "image": self.transform(image), "label": self.labels[i]}
+        if self.color_stats:
+            from histofuse.color_baseline import lab_stats
+
+            sample["color"] = torch.from_numpy(lab_stats(image))
+        return sample
 
 
 def collate(samples: list[dict]) -> dict:
@@ -43,12 +64,15 @@ def collate(samples: list[dict]) -> dict:
     failed = [(s["path"], s["error"]) for s in samples if "error" in s]
     if not good:
         return {"image": None, "label": None, "index": None, "failed": failed}
-    return {
+    batch = {
         "image": torch.stack([s["image"] for s in good]),
         "label": torch.tensor([s["label"] for s in good], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),
         "failed": failed,
     }
+    if "color" in good[0]:
+        batch["color"] = torch.stack([s["color"] for s in good])
+    return batch
 
 
 def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor:

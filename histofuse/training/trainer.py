@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -21,18 +20,8 @@ from histofuse.recipe import PhaseConfig, Recipe
 from histofuse.training.accel import prepare_phase, release
 from histofuse.training.checkpoint import load_weights, save_weights
 from histofuse.training.history import History
+from histofuse.training.predict import Predictions, predict
 from histofuse.training.progress import EpochProgress
-
-
-@dataclass
-class Predictions:
-    """Probabilities for the samples that decoded, by their index in the dataset."""
-
-    indices: np.ndarray
-    probs: np.ndarray
-    labels: np.ndarray
-    loss: float
-    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -158,46 +147,8 @@ class Trainer:
                 bar.advance(loss=total / max(seen, 1))
         return total / max(seen, 1)
 
-    @torch.no_grad()
-    def predict(self, model, loader) -> Predictions:
-        """Probabilities for every sample exactly once, identical on every process.
-
-        Shards are gathered and de-duplicated by dataset index, which removes the
-        samples Accelerate repeats to even out the last batch and tolerates shards
-        that lost different numbers of unreadable images.
-        """
-        model.eval()
-        indices, probs, labels, losses, failed = [], [], [], [], []
-        for batch in loader:
-            failed += batch["failed"]
-            if batch["image"] is None:
-                continue
-            logits = model(batch["image"]).float()
-            losses.append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
-            indices.append(batch["index"].cpu())
-            probs.append(logits.softmax(1).cpu())
-            labels.append(batch["label"].cpu())
-        part = {
-            "indices": torch.cat(indices).numpy() if indices else np.zeros(0, int),
-            "probs": torch.cat(probs).numpy() if probs else np.zeros((0, len(self.classes))),
-            "labels": torch.cat(labels).numpy() if labels else np.zeros(0, int),
-            "losses": torch.cat(losses).numpy() if losses else np.zeros(0),
-            "failed": failed,
-        }
-        parts = [part]
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            parts = gather_object([part])
-        merged = {key: np.concatenate([p[key] for p in parts]) for key in ("indices", "probs", "labels", "losses")}
-        if not len(merged["indices"]):
-            raise DataError("no image of the evaluation set could be decoded; see the warnings above")
-        _, first = np.unique(merged["indices"], return_index=True)
-        failed = sorted({f for p in parts for f in p["failed"]})
-        return Predictions(
-            merged["indices"][first], merged["probs"][first], merged["labels"][first],
-            float(merged["losses"][first].mean()), failed,
-        )
+    def predict(self, model, loader, tta: str = "none") -> Predictions:
+        return predict(self.accelerator, model, loader, len(self.classes), tta)
 
     def _improves(self, score: float, loss: float) -> bool:
         """Better by more than min_delta; on an exact tie (AUC saturates at 1.0), a lower loss wins."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import histofuse
 
 _MARKER = ".histofuse-synthetic.json"
 # Bump when the renderer changes, so trees written by an older version are regenerated.
-_GENERATOR_VERSION = 4
+_GENERATOR_VERSION = 7
 _BENIGN_CODES = ("A", "F", "PT", "TA")
 _MALIGNANT_CODES = ("DC", "LC", "MC", "PC")
 
@@ -30,6 +32,7 @@ class SyntheticOptions(BaseModel):
     width: int = Field(210, ge=32, le=2048)
     height: int = Field(138, ge=32, le=2048)
     seed: int = Field(0, ge=0)
+    site: Literal["a", "b"] = Field("a", description="staining protocol; 'b' is a second lab's colours")
 
     @field_validator("magnifications")
     @classmethod
@@ -60,7 +63,7 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
         # As in the real release, one patient's id spans two slide folders (e.g. 22549AB, 22549CD).
         slides = [f"{ids[p]}AB", f"{ids[p]}CD"] if p == 1 else [f"{ids[p]}{'AB' if p % 3 else ''}"]
         patient_rng = np.random.default_rng([options.seed, p])
-        stain = patient_stain(patient_rng)
+        stain = patient_stain(patient_rng, options.site)
         for mag in options.magnifications:
             for seq in range(1, options.images_per_magnification + 1):
                 slide = slides[(seq - 1) % len(slides)]

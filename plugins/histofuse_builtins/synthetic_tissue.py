@@ -15,22 +15,41 @@ import numpy as np
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
 EOSIN = np.array([0.07, 0.99, 0.11])
 
+# Mean hematoxylin optical density per field, drawn alike for both classes.
+HEMATOXYLIN_BUDGET = (0.14, 0.26)
+
 # Apparent nuclear size grows with magnification, and fewer nuclei fit the field.
 _MAG_SCALE = {40: 0.55, 100: 0.75, 200: 1.0, 400: 1.45}
 
 
-def patient_stain(rng: np.random.Generator) -> dict:
-    """Per-patient staining: vectors jittered around H&E, intensities varied."""
+# A second "site": another lab's protocol and scanner. Bluer, stronger hematoxylin,
+# paler and redder eosin, a warm background tint: the BreaKHis -> BACH situation.
+SITES = {
+    "a": {"h": HEMATOXYLIN, "e": EOSIN, "h_strength": (0.8, 1.2), "e_strength": (0.7, 1.3), "background": (0.03, 0.03, 0.03)},
+    "b": {
+        "h": np.array([0.80, 0.55, 0.25]),
+        "e": np.array([0.02, 0.80, 0.60]),
+        "h_strength": (1.2, 1.5),
+        "e_strength": (0.45, 0.75),
+        "background": (0.02, 0.03, 0.05),
+    },
+}
+
+
+def patient_stain(rng: np.random.Generator, site: str = "a") -> dict:
+    """Per-patient staining: the site's vectors jittered, intensities varied."""
+    spec = SITES[site]
 
     def jitter(v: np.ndarray) -> np.ndarray:
-        v = np.clip(v + rng.normal(0, 0.05, 3), 0.02, None)
+        v = np.clip(v / np.linalg.norm(v) + rng.normal(0, 0.05, 3), 0.02, None)
         return v / np.linalg.norm(v)
 
     return {
-        "h": jitter(HEMATOXYLIN),
-        "e": jitter(EOSIN),
-        "h_strength": rng.uniform(0.8, 1.2),
-        "e_strength": rng.uniform(0.7, 1.3),
+        "h": jitter(spec["h"]),
+        "e": jitter(spec["e"]),
+        "h_strength": rng.uniform(*spec["h_strength"]),
+        "e_strength": rng.uniform(*spec["e_strength"]),
+        "background": np.array(spec["background"]),
         "grade": rng.uniform(0.7, 1.0),  # used for malignant patients only
     }
 
@@ -74,8 +93,13 @@ def render_tile(
     hema = cv2.GaussianBlur(hema, (0, 0), 0.7) * stain["h_strength"]
     chromatin = 0.8 + 0.4 * rng.random((height, width)).astype(np.float32)
     hema *= chromatin
+    # Crowded nuclei make a field bluer overall. A basophilic tint in the stroma tops every
+    # field up to a common hematoxylin budget, so that mean colour does not give the class away.
+    deficit = rng.uniform(*HEMATOXYLIN_BUDGET) - hema.mean()
+    if deficit > 0:
+        hema += tissue * (deficit / max(float(tissue.mean()), 1e-3))
 
-    od = hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + 0.03
+    od = hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + stain["background"]
     rgb = 255.0 * np.exp(-od) + rng.normal(0, 2.0, od.shape)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 

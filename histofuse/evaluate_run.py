@@ -1,0 +1,100 @@
+"""Commands that work on a finished run or a bare dataset: evaluate, qc, stain-stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from histofuse.errors import DataError, HistofuseError, RecipeError
+from histofuse.recipe import ExternalSetConfig, QCConfig, check_options, load_recipe, parse_value, validate_options
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise RecipeError(what, [f"'{item}': expected KEY=VALUE"])
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def scan_dataset(registry, dataset: str, root: Path, options: list[str]):
+    spec = registry.get("dataset", dataset)
+    parsed = _pairs(options, "--option")
+    problems = check_options(spec, parsed, "--option")
+    if problems:
+        raise RecipeError("--option", problems)
+    try:
+        table = spec.scan(Path(root).expanduser(), **validate_options(spec, parsed))
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc}. Where to get '{dataset}': {spec.source}") from None
+    if len(table) == 0:
+        raise DataError(f"dataset '{dataset}' found no images under {root}")
+    return table
+
+
+def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_only, seed) -> dict:
+    from histofuse.data.decode import decode_image
+    from histofuse.errors import ImageDecodeError
+
+    table = scan_dataset(registry, dataset, root, options)
+    paths = table["path"].tolist()
+    if sample and sample < len(paths):
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), sample, replace=False))]
+    spec = registry.get("normalizer", name)
+    normalizer_options = {"tissue_only": True} if tissue_only else {}
+    normalizer = spec.build(**validate_options(spec, normalizer_options))
+
+    def images():
+        for path in paths:
+            try:
+                yield decode_image(path)
+            except ImageDecodeError:
+                continue
+
+    state = normalizer.fit(images())
+    return {"name": name, "options": normalizer_options, "dataset": dataset, "root": str(root), "images": len(paths), "state": state}
+
+
+def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta, console) -> dict:
+    from histofuse.evaluation import EvaluationState, Evaluator
+    from histofuse.model import build_model
+    from histofuse.registry import default_registry
+    from histofuse.run import make_accelerator
+    from histofuse.training.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    needed = ["recipe.toml", "model.safetensors", "model.json", "evaluation.json"]
+    missing = [f for f in needed if not (run_dir / f).is_file()]
+    if missing:
+        raise HistofuseError(f"{run_dir} is not a finished run directory: {', '.join(missing)} missing")
+    if name == "test":
+        raise HistofuseError("--name test is reserved for the run's own test split; choose another name")
+    if tta not in ("none", "paper7", "d4"):
+        raise RecipeError("--tta", [f"expected none, paper7 or d4, got '{tta}'"])
+    recipe = load_recipe(run_dir / "recipe.toml")
+    registry = default_registry()
+    meta = json.loads((run_dir / "model.json").read_text())
+    classes = meta["classes"]
+    external = ExternalSetConfig(
+        name=name, dataset=dataset, root=str(root), options=_pairs(options, "--option"),
+        label_map={k: str(v) for k, v in _pairs(label_map, "--map").items()},
+        qc=QCConfig(enabled=qc), normalize=normalize, tta=tta,
+    )
+    accelerator = make_accelerator(recipe)
+    model = build_model(recipe, registry, len(classes), pretrained=False)
+    load_weights(model, run_dir)
+    evaluator = Evaluator(
+        accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes,
+        state=EvaluationState.load(run_dir), run_dir=run_dir, console=console,
+    )
+    metrics = evaluator.evaluate_external(external)
+    if accelerator.is_main_process:
+        path = run_dir / "metrics.json"
+        everything = json.loads(path.read_text()) if path.is_file() else {}
+        everything[name] = metrics
+        path.write_text(json.dumps(everything, indent=2))
+    return metrics

@@ -1,0 +1,262 @@
+"""Evaluating a trained model on the test split and on external sets.
+
+Everything fitted for evaluation comes from the run's own data: the decision
+threshold and temperature from the validation split, the stain normalizer and
+the colour-only baseline from the training split. External sets get optional
+quality control, stain normalization and TTA, each reported in their metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histofuse.calibration import expected_calibration_error, fit_temperature, softmax, youden_threshold
+from histofuse.color_baseline import ColorBaseline, lab_stats
+from histofuse.data.decode import decode_image
+from histofuse.errors import DataError, ImageDecodeError
+from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
+from histofuse.qc import QCThresholds, qc_summary, run_qc
+from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
+
+STATE_FILE = "evaluation.json"
+
+
+@dataclass
+class EvaluationState:
+    """What evaluation fitted, saved with the run so later evaluations reuse it."""
+
+    threshold: float | None
+    temperature: float
+    normalizer: dict | None  # {"name": ..., "options": ..., "state": ...}
+    color_baseline: dict | None
+
+    def save(self, run_dir: Path) -> None:
+        (run_dir / STATE_FILE).write_text(json.dumps(vars(self), indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "EvaluationState":
+        return cls(**json.loads((run_dir / STATE_FILE).read_text()))
+
+
+def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, console):
+    """One streaming pass over training images: stain normalizer statistics and colour baseline features."""
+    cfg = recipe.evaluation
+    normalizer = None
+    if normalize:
+        spec = registry.get("normalizer", cfg.normalizer.name)
+        normalizer = spec.build(**validate_options(spec, cfg.normalizer.options))
+    if normalizer is None and not cfg.color_baseline:
+        return None, None
+    paths = train["path"].tolist()
+    labels = [classes.index(label) for label in train["label"]]
+    if cfg.normalizer.sample and cfg.normalizer.sample < len(paths):
+        chosen = np.random.default_rng(recipe.seed).choice(len(paths), cfg.normalizer.sample, replace=False)
+        paths, labels = [paths[i] for i in sorted(chosen)], [labels[i] for i in sorted(chosen)]
+    stats, kept = [], []
+
+    def images():
+        for path, label in zip(paths, labels):
+            try:
+                rgb = decode_image(path)
+            except ImageDecodeError:
+                continue  # already reported during training
+            stats.append(lab_stats(rgb))
+            kept.append(label)
+            yield rgb
+
+    console.print(f"fitting on {len(paths)} training images: " + ", ".join(
+        x for x, on in (("stain normalizer", normalizer is not None and not getattr(normalizer, "fitted", False)),
+                        ("colour baseline", cfg.color_baseline)) if on
+    ))
+    if normalizer is not None and not getattr(normalizer, "fitted", False):
+        normalizer.fit(images())
+    else:
+        for _ in images():
+            pass
+    baseline = None
+    if cfg.color_baseline and len(set(kept)) > 1:
+        baseline = ColorBaseline().fit(np.stack(stats), np.asarray(kept))
+    saved = None
+    if normalizer is not None:
+        saved = {"name": cfg.normalizer.name, "options": cfg.normalizer.options, "state": normalizer.state}
+    return saved, baseline
+
+
+def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> tuple[float | None, float]:
+    cfg = recipe.evaluation
+    temperature = fit_temperature(val_logits, val_labels) if cfg.temperature_scaling else 1.0
+    threshold = None
+    if num_classes == 2:
+        if cfg.threshold == "youden":
+            threshold = youden_threshold(val_labels, softmax(val_logits, temperature)[:, 1])
+        elif isinstance(cfg.threshold, float):
+            threshold = cfg.threshold
+    return threshold, temperature
+
+
+def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> pd.DataFrame:
+    """Scan an external set, map its labels onto the training classes, and check them."""
+    from histofuse.data.table import check_table
+
+    spec = registry.get("dataset", external.dataset)
+    if external.root is None:
+        raise DataError(f"evaluate '{external.name}': root is not set. Where to get {spec.name}: {spec.source}")
+    try:
+        table = spec.scan(Path(external.root).expanduser(), **validate_options(spec, external.options))
+    except FileNotFoundError as exc:
+        raise DataError(f"evaluate '{external.name}': {exc}. Where to get it: {spec.source}") from None
+    if external.label_map:
+        table = table.copy()
+        table["label"] = table["label"].astype(str).map(lambda v: external.label_map.get(v, v))
+    table, _ = check_table(table, spec.name, classes)
+    return table
+
+
+def evaluate_frame(
+    *,
+    name: str,
+    frame: pd.DataFrame,
+    classes: list[str],
+    state: EvaluationState,
+    predict_frame,
+    tta: str,
+    normalize: bool,
+    qc: QCThresholds | None,
+    bootstrap: int,
+    seed: int,
+    run_dir: Path | None,
+    write: bool,
+) -> dict:
+    """Metrics for one set; writes predictions (and QC scores) under ``run_dir`` when ``write``."""
+    qc_info = None
+    if qc is not None:
+        scored = run_qc(frame, qc, decode_image)
+        if write and run_dir is not None:
+            scored.to_csv(run_dir / f"qc_{name}.csv", index=False)
+        qc_info = qc_summary(scored)
+        frame = scored[scored["qc_pass"]].drop(columns=["blur", "tissue", "qc_pass", "qc_reason"]).reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"evaluate '{name}': quality control removed every image ({qc_info['reasons']})")
+    result = predict_frame(frame, tta, normalize)
+    probs = softmax(result.logits, state.temperature)
+    labels = result.labels
+    rows = frame.iloc[result.indices].reset_index(drop=True)
+    groups = rows["group"].to_numpy()
+    metrics = classification_metrics(labels, probs, classes, state.threshold)
+    metrics.update(
+        name=name, loss=result.loss, tta=tta, normalized=normalize, temperature=state.temperature,
+        auc_ci95=bootstrap_auc_ci(labels, probs, groups, bootstrap, seed), ece=expected_calibration_error(labels, probs),
+        failed_images=[p for p, _ in result.failed], qc=qc_info,
+    )
+    metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, state.threshold)
+    metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
+    if "magnification" in rows:
+        metrics["per_magnification"] = {
+            str(m): classification_metrics(labels[(rows["magnification"] == m).to_numpy()], probs[(rows["magnification"] == m).to_numpy()], classes, state.threshold)
+            for m in sorted(rows["magnification"].unique())
+        }
+    if state.color_baseline is not None and result.color is not None:
+        baseline = ColorBaseline.from_json(state.color_baseline)
+        color_probs = baseline.predict_proba(result.color, len(classes))
+        metrics["color_baseline"] = {k: v for k, v in classification_metrics(labels, color_probs, classes).items() if k in ("auc", "accuracy", "balanced_accuracy")}
+    if write and run_dir is not None:
+        out = rows[[c for c in ("path", "group", "label", "subtype", "magnification") if c in rows]].copy()
+        for i, cls in enumerate(classes):
+            out[f"prob_{cls}"] = probs[:, i]
+        predicted = probs.argmax(1) if state.threshold is None else (probs[:, 1] >= state.threshold).astype(int)
+        out["predicted"] = [classes[i] for i in predicted]
+        out.to_csv(run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv"), index=False)
+    return metrics
+
+
+def _decodable(paths):
+    for path in paths:
+        try:
+            yield decode_image(path)
+        except ImageDecodeError:
+            continue
+
+
+def build_normalizer(registry, saved: dict | None):
+    if saved is None:
+        return None
+    spec = registry.get("normalizer", saved["name"])
+    normalizer = spec.build(**validate_options(spec, saved["options"]))
+    normalizer.load_state(saved["state"])
+    return normalizer
+
+
+class Evaluator:
+    """Evaluates one trained model on any table of images, with the run's fitted state."""
+
+    def __init__(self, *, accelerator, model, recipe: Recipe, registry, classes, state: EvaluationState, run_dir, console):
+        from histofuse.data.loading import default_num_workers
+
+        self.accelerator = accelerator
+        self.model = accelerator.prepare(model)
+        self.recipe = recipe
+        self.registry = registry
+        self.classes = classes
+        self.state = state
+        self.run_dir = run_dir
+        self.console = console
+        self.normalizer = build_normalizer(registry, state.normalizer)
+        data = recipe.data
+        self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
+        self.transform = registry.pm.hook.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to)
+
+    def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool):
+        from histofuse.data.loading import ImageTable, make_loader
+        from histofuse.training.predict import predict
+
+        if normalize and self.normalizer is None:
+            raise DataError("this run has no fitted stain normalizer; add normalize = true to an [[evaluate]] block of the recipe")
+        if normalize and hasattr(self.normalizer, "adapt"):
+            self.normalizer.adapt(_decodable(frame["path"]))
+        dataset = ImageTable(
+            frame, self.classes, self.transform, preprocess=self.normalizer.transform if normalize else None,
+            color_stats=self.state.color_baseline is not None,
+        )
+        batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
+        loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))
+        return predict(self.accelerator, self.model, loader, len(self.classes), tta)
+
+    def evaluate(self, name: str, frame: pd.DataFrame, *, tta: str, normalize: bool, qc: QCThresholds | None) -> dict:
+        metrics = evaluate_frame(
+            name=name, frame=frame, classes=self.classes, state=self.state, predict_frame=self.predict_frame, tta=tta,
+            normalize=normalize, qc=qc, bootstrap=self.recipe.evaluation.bootstrap, seed=self.recipe.seed,
+            run_dir=self.run_dir, write=self.accelerator.is_main_process,
+        )
+        self.console.print(summary_line(metrics))
+        return metrics
+
+    def evaluate_external(self, external: ExternalSetConfig) -> dict:
+        with self.accelerator.main_process_first():
+            frame = load_external(external, self.registry, self.classes)
+        qc = QCThresholds(external.qc.blur, external.qc.background, external.qc.min_tissue) if external.qc.enabled else None
+        return self.evaluate(
+            external.name, frame, tta=external.tta or self.recipe.evaluation.tta, normalize=external.normalize, qc=qc
+        )
+
+
+def summary_line(m: dict) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    ci = m.get("auc_ci95")
+    parts = [f"{m['name']}: {m['n']} images", f"AUC {fmt(m['auc'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+    parts.append(f"accuracy {fmt(m['accuracy'])}")
+    if "threshold" in m:
+        parts.append(f"threshold {m['threshold']:.3f}")
+    parts.append(f"patient AUC {fmt(m['per_patient']['auc'])}")
+    if "color_baseline" in m:
+        parts.append(f"colour-only AUC {fmt(m['color_baseline']['auc'])}")
+    if m.get("qc"):
+        parts.append(f"QC removed {m['qc']['removed']} of {m['qc']['checked']}")
+    parts.append(f"TTA {m['tta']}" + (", stain-normalized" if m["normalized"] else ""))
+    return "  " + ", ".join(parts)

@@ -1,0 +1,75 @@
+"""Predictions over a loader: every sample exactly once, identical on every process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from histofuse.errors import DataError
+from histofuse.tta import predict_logits
+
+
+@dataclass
+class Predictions:
+    """Logits (log-probabilities under TTA) for the samples that decoded, by their index in the dataset."""
+
+    indices: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+    loss: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    color: np.ndarray | None = None
+
+    @property
+    def probs(self) -> np.ndarray:
+        from histofuse.calibration import softmax
+
+        return softmax(self.logits)
+
+
+@torch.no_grad()
+def predict(accelerator, model, loader, num_classes: int, tta: str = "none") -> Predictions:
+    """Run ``model`` over ``loader`` (TTA views in one batched forward).
+
+    Shards are gathered and de-duplicated by dataset index, which removes the
+    samples Accelerate repeats to even out the last batch and tolerates shards
+    that lost different numbers of unreadable images.
+    """
+    model.eval()
+    keys = ("indices", "logits", "labels", "losses", "color")
+    collected: dict[str, list] = {k: [] for k in keys}
+    failed: list[tuple[str, str]] = []
+    for batch in loader:
+        failed += batch["failed"]
+        if batch["image"] is None:
+            continue
+        logits = predict_logits(model, batch["image"], tta)
+        collected["losses"].append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
+        collected["indices"].append(batch["index"].cpu())
+        collected["logits"].append(logits.cpu())
+        collected["labels"].append(batch["label"].cpu())
+        if "color" in batch:
+            collected["color"].append(batch["color"].cpu())
+    empty = {"indices": (0,), "logits": (0, num_classes), "labels": (0,), "losses": (0,), "color": (0, 6)}
+    part = {k: torch.cat(v).numpy() if v else np.zeros(empty[k]) for k, v in collected.items()}
+    part["failed"] = failed
+    parts = [part]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([part])
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    if not len(merged["indices"]):
+        raise DataError("no image of the evaluation set could be decoded; see the warnings above")
+    _, first = np.unique(merged["indices"], return_index=True)
+    return Predictions(
+        indices=merged["indices"][first].astype(int),
+        logits=merged["logits"][first],
+        labels=merged["labels"][first].astype(int),
+        loss=float(merged["losses"][first].mean()),
+        failed=sorted({f for p in parts for f in p["failed"]}),
+        color=merged["color"][first] if len(merged["color"]) else None,
+    )

@@ -1,0 +1,41 @@
+"""Test-time augmentation as one batched forward pass over all views."""
+
+from __future__ import annotations
+
+import torch
+
+# The paper's seven views; "both flips" equals the 180-degree rotation, so one view counts twice.
+PAPER7 = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot180", "rot270")
+# The eight distinct symmetries of the square (the dihedral group D4).
+D4 = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+MODES = {"none": ("identity",), "paper7": PAPER7, "d4": D4}
+
+
+def view(x: torch.Tensor, name: str) -> torch.Tensor:
+    h, w = -2, -1
+    return {
+        "identity": lambda t: t,
+        "hflip": lambda t: t.flip(w),
+        "vflip": lambda t: t.flip(h),
+        "hvflip": lambda t: t.flip(h).flip(w),
+        "rot90": lambda t: t.rot90(1, (h, w)),
+        "rot180": lambda t: t.rot90(2, (h, w)),
+        "rot270": lambda t: t.rot90(3, (h, w)),
+        "transpose": lambda t: t.transpose(h, w),
+        "antitranspose": lambda t: t.transpose(h, w).rot90(2, (h, w)),
+    }[name](x)
+
+
+def predict_logits(model, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Logits averaged over the views' log-probabilities; one forward of ``len(views) * B`` images.
+
+    Averaging probabilities is what the paper did; the log of that mean is
+    returned so callers can treat the result as logits (softmax gives back the
+    averaged probabilities exactly).
+    """
+    names = MODES[mode]
+    if len(names) == 1:
+        return model(x).float()
+    batch = torch.cat([view(x, n) for n in names])
+    probs = model(batch).float().softmax(1).view(len(names), x.shape[0], -1).mean(0)
+    return probs.clamp_min(1e-12).log()
