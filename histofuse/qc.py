@@ -45,5 +45,6 @@ def run_qc(table: pd.DataFrame, thresholds: QCThresholds, decode, progress=None)
 
 
 def qc_summary(scored: pd.DataFrame) -> dict:
-    reasons = scored.loc[~scored["qc_pass"], "qc_reason"].value_counts().to_dict()
+    """Counts; ``reasons`` counts each reason once per image it applies to (an image can have two)."""
+    reasons = scored.loc[~scored["qc_pass"], "qc_reason"].str.split("; ").explode().value_counts().to_dict()
     return {"checked": int(len(scored)), "passed": int(scored["qc_pass"].sum()), "removed": int((~scored["qc_pass"]).sum()), "reasons": reasons}
