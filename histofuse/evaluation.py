@@ -208,7 +208,7 @@ class Evaluator:
         self.normalizer = build_normalizer(registry, state.normalizer)
         data = recipe.data
         self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
-        self.transform = registry.pm.hook.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to)
+        self.transform = registry.pm.hook.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0)
 
     def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool):
         from histofuse.data.loading import ImageTable, make_loader

@@ -94,6 +94,7 @@ class PhaseConfig(_Section):
     unfreeze: Literal["none", "all"] | dict[str, int] = "none"
     lr: LearningRates
     augment: Literal["strong", "medium", "light", "none"] = "strong"
+    stain_jitter: float = Field(0.0, ge=0, le=1)
 
 
 class PlateauConfig(_Section):

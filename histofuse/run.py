@@ -116,11 +116,14 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     data = recipe.data
     workers = data.num_workers if data.num_workers is not None else default_num_workers()
     eval_batch = data.eval_batch_size or data.batch_size
-    eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to)
+    eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0)
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
 
     def make_train_loader(phase_index: int, strength: str):
-        transform = hooks.make_transforms(stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to)
+        phase = recipe.phases[phase_index]
+        transform = hooks.make_transforms(
+            stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter
+        )
         dataset = ImageTable(frames["train"], classes, transform)
         balanced = recipe.training.sampler == "balanced"
         # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.

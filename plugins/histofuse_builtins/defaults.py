@@ -14,7 +14,7 @@ PRESETS = {
 }
 
 
-def build_transforms(stage: str, strength: str, image_size: int, resize: int):
+def build_transforms(stage: str, strength: str, image_size: int, resize: int, stain_jitter: float = 0.0):
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
     import cv2
@@ -35,6 +35,9 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int):
             ),
             A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=preset["jitter_p"]),
         ]
+        if stain_jitter:
+            # H&E-specific: perturbs hematoxylin and eosin separately, the shift that breaks cross-site transfer.
+            steps.append(A.HEStain(method="random_preset", intensity_scale_range=(0.7, 1.3), intensity_shift_range=(-0.2, 0.2), p=stain_jitter))
         if preset["erase_p"]:
             steps.append(
                 A.CoarseDropout(
@@ -65,8 +68,8 @@ class AlbumentationsTransform:
 
 
 @histofuse.hookimpl(trylast=True)
-def make_transforms(stage, strength, image_size, resize):
-    return build_transforms(stage, strength, image_size, resize)
+def make_transforms(stage, strength, image_size, resize, stain_jitter):
+    return build_transforms(stage, strength, image_size, resize, stain_jitter)
 
 
 @histofuse.hookimpl(trylast=True)
