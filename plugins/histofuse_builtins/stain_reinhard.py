@@ -52,30 +52,30 @@ class Reinhard:
     def fitted(self) -> bool:
         return self.mean is not None
 
-    def _pixels(self, rgb):
-        """LAB pixels used for statistics: all, or tissue only when asked (background is not stain)."""
-        import cv2
-
-        lab = self._lab(rgb).reshape(-1, 3)
-        if not self.tissue_only:
-            return lab
-        grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY).reshape(-1)
-        return lab[grey < self.background]
-
     @staticmethod
     def _lab(rgb):
+        """LAB of an RGB uint8 image on OpenCV's 8-bit scale, as float32 (the scale statistics are kept in)."""
+        return _native_lab(rgb) * _SCALE + _OFFSET
+
+    def _tissue_mask(self, rgb):
+        if not self.tissue_only:
+            return None
         import cv2
 
-        lab = cv2.cvtColor(np.asarray(rgb, dtype=np.float32) * (1.0 / 255.0), cv2.COLOR_RGB2LAB)
-        return lab * np.float32([255.0 / 100.0, 1.0, 1.0]) + np.float32([0.0, 128.0, 128.0])
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+        return (grey < self.background).astype(np.uint8)
 
-    @staticmethod
-    def _rgb(lab8):
+    def _image_moments(self, rgb, lab=None):
+        """(pixel count, mean, std) of one image on the 8-bit LAB scale; float64 accumulation in OpenCV."""
         import cv2
 
-        lab = (lab8 - np.float32([0.0, 128.0, 128.0])) * np.float32([100.0 / 255.0, 1.0, 1.0])
-        rgb = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * 255.0 + 0.5
-        return np.clip(rgb, 0, 255).astype(np.uint8)
+        lab = _native_lab(rgb) if lab is None else lab
+        mask = self._tissue_mask(rgb)
+        count = lab.shape[0] * lab.shape[1] if mask is None else cv2.countNonZero(mask)
+        if count == 0:
+            return 0, None, None
+        mean, std = cv2.meanStdDev(lab, mask=mask)
+        return count, mean.ravel() * _SCALE + _OFFSET, std.ravel() * _SCALE
 
     def fit(self, images) -> dict:
         """Global per-channel mean/std over every (tissue) pixel of ``images``, in one streaming pass."""
@@ -89,21 +89,16 @@ class Reinhard:
             self.source_stats = self._moments(images)
 
     def _moments(self, images):
-        # Welford-style merge of per-image moments: constant memory, no catastrophic cancellation.
-        count = 0
-        mean = np.zeros(3)
-        m2 = np.zeros(3)
+        # Chan et al.'s merge of per-image moments: constant memory, no catastrophic cancellation.
+        count, mean, m2 = 0, np.zeros(3), np.zeros(3)
         for rgb in images:
-            lab = self._pixels(rgb).astype(np.float64)
-            n = lab.shape[0]
+            n, image_mean, image_std = self._image_moments(rgb)
             if n == 0:
                 continue
-            batch_mean = lab.mean(0)
-            batch_m2 = np.square(lab - batch_mean).sum(0)
-            delta = batch_mean - mean
+            delta = image_mean - mean
             total = count + n
             mean = mean + delta * n / total
-            m2 = m2 + batch_m2 + np.square(delta) * count * n / total
+            m2 = m2 + np.square(image_std) * n + np.square(delta) * count * n / total
             count = total
         if count == 0:
             raise histofuse.DataError("Reinhard.fit got no (tissue) pixels; give it at least one RGB image with tissue")
@@ -117,23 +112,42 @@ class Reinhard:
         self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def transform(self, rgb):
+        """One fused affine map per image in float32 LAB; exact to about one grey level."""
+        import cv2
+
         if self.mean is None:
             raise histofuse.NotFittedError("reinhard normalizer is not fitted: call fit(images) or load_state(state) first")
-        lab = self._lab(rgb)
+        lab = _native_lab(rgb)
         if self.source == "dataset":
             if self.source_stats is None:
                 raise histofuse.NotFittedError("reinhard with source = \"dataset\" needs adapt(images) on the set first")
             src_mean, src_std = self.source_stats
         else:
-            pixels = self._pixels(rgb)
-            if len(pixels) < 16:
+            count, src_mean, src_std = self._image_moments(rgb, lab)
+            if count < 16:
                 return np.array(rgb, copy=True)  # all background: nothing to normalise
-            src_mean, src_std = pixels.mean(0), pixels.std(0)
         if (src_std < self.min_std).any():
             return np.array(rgb, copy=True)  # flat tile: rescaling would divide by ~0
-        gain = (np.asarray(self.std) / src_std).astype(np.float32)
-        shift = (np.asarray(self.mean) - src_mean * gain).astype(np.float32)
-        return self._rgb(lab * gain + shift)
+        gain = np.asarray(self.std) / src_std
+        shift = np.asarray(self.mean) - src_mean * gain
+        # The map is defined on the 8-bit scale (x8 = s*x + o); applied to native LAB it becomes
+        # x -> gain*x + (gain*o + shift - o)/s, so no scaled copy of the image is ever made.
+        native_shift = (gain * _OFFSET + shift - _OFFSET) / _SCALE
+        matrix = np.hstack([np.diag(gain), native_shift[:, None]]).astype(np.float32)
+        out = cv2.cvtColor(cv2.transform(lab, matrix), cv2.COLOR_LAB2RGB)
+        return cv2.multiply(out, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # rounds and saturates
+
+
+_SCALE = np.array([255.0 / 100.0, 1.0, 1.0])
+_OFFSET = np.array([0.0, 128.0, 128.0])
+
+
+def _native_lab(rgb):
+    """float32 LAB (L in 0..100) of an RGB uint8 image; float input keeps saturated colours exact."""
+    import cv2
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return cv2.cvtColor(cv2.multiply(rgb, (1 / 255, 1 / 255, 1 / 255, 0.0), dtype=cv2.CV_32F), cv2.COLOR_RGB2LAB)
 
 
 @histofuse.hookimpl

@@ -1,0 +1,124 @@
+"""Reinhard stain normalization: images per second on one thread, and exactness.
+
+Compares, on the same rendered H&E images in the same run:
+  - histofuse's `reinhard` normalizer (float32 LAB on OpenCV's 8-bit scale, fused affine);
+  - a plain float32 OpenCV implementation (uint8 LAB round trip, per-channel arithmetic);
+  - torchstain's ReinhardNormalizer (numpy backend), installed only in a separate
+    environment (see --torchstain-python);
+each against a float64 reference of the same algorithm (mean and max absolute difference).
+
+Rerun:
+    python -m venv /tmp/torchstain-env && /tmp/torchstain-env/bin/pip install torchstain numpy opencv-python-headless
+    python benchmarks/reinhard.py --torchstain-python /tmp/torchstain-env/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+cv2.setNumThreads(1)
+
+
+def render_images(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    from histofuse_builtins.synthetic_tissue import patient_stain, render_tile
+
+    rng = np.random.default_rng(seed)
+    return [render_tile(rng, i % 2 == 1, patient_stain(rng, "b" if i % 3 == 0 else "a"), width, height, 200) for i in range(count)]
+
+
+def plain_float32(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    src_mean, src_std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
+    out = (lab - src_mean) / src_std * std.astype(np.float32) + mean.astype(np.float32)
+    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def reference_float64(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).astype(np.float64)
+    lab = lab * np.array([255 / 100, 1, 1]) + np.array([0, 128, 128])
+    src_mean, src_std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
+    out = (lab - src_mean) / src_std * std + mean
+    out = (out - np.array([0, 128, 128])) * np.array([100 / 255, 1, 1])
+    back = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB).astype(np.float64) * 255
+    return np.clip(np.round(back), 0, 255)
+
+
+def timed(fn, images, repeats) -> tuple[list[float], list[np.ndarray]]:
+    times, outputs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outputs = [fn(img) for img in images]
+        times.append(time.perf_counter() - start)
+    return times, outputs
+
+
+def errors(outputs, references) -> tuple[float, float]:
+    diffs = [np.abs(o.astype(np.float64) - r) for o, r in zip(outputs, references)]
+    return float(np.mean([d.mean() for d in diffs])), float(max(d.max() for d in diffs))
+
+
+def torchstain_run(python: str, images, target, repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "images.npz", *images)
+        np.save(Path(tmp) / "target.npy", target)
+        worker = Path(__file__).with_name("_torchstain_worker.py")
+        subprocess.run(
+            [python, str(worker), str(Path(tmp) / "images.npz"), str(Path(tmp) / "target.npy"), str(repeats), str(Path(tmp) / "out.npz")],
+            check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        )
+        data = np.load(Path(tmp) / "out.npz")
+        return list(data["times"]), [data[f"o{i}"] for i in range(len(images))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--torchstain-python", default=None, help="python of an environment with torchstain")
+    args = parser.parse_args()
+
+    from histofuse_builtins.stain_reinhard import Reinhard
+
+    print(f"# Reinhard normalization, one thread, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"# median images/s over {args.repeats} repeats (min-max); error vs float64 reference in grey levels\n")
+    print(f"{'size':>10} {'implementation':>16} {'images/s':>10} {'min-max':>15} {'x torchstain':>13} {'x plain':>8} {'mean err':>9} {'max err':>8}")
+    for width, height in ((700, 460), (2048, 1536)):
+        images = render_images(args.images, width, height)
+        target_images = render_images(4, width, height, seed=1)
+        histofuse = Reinhard()
+        histofuse.fit(target_images)
+        mean, std = np.array(histofuse.mean), np.array(histofuse.std)
+        references = [reference_float64(img, mean, std) for img in images]
+        rows = {
+            "histofuse": timed(histofuse.transform, images, args.repeats),
+            "plain float32": timed(lambda im: plain_float32(im, mean, std), images, args.repeats),
+        }
+        if args.torchstain_python:
+            rows["torchstain"] = torchstain_run(args.torchstain_python, images, target_images[0], args.repeats)
+        speed = {name: len(images) / np.array(times) for name, (times, _) in rows.items()}
+        for name, (times, outputs) in rows.items():
+            s = speed[name]
+            vs_ts = f"{np.median(s) / np.median(speed['torchstain']):.2f}" if "torchstain" in speed else "n/a"
+            vs_plain = f"{np.median(s) / np.median(speed['plain float32']):.2f}"
+            mean_err, max_err = errors(outputs, references)
+            note = "*" if name == "torchstain" else ""
+            print(f"{width}x{height:<5} {name:>16} {np.median(s):10.1f} {s.min():7.1f}-{s.max():<7.1f} {vs_ts:>13} {vs_plain:>8} {mean_err:9.2f} {max_err:8.0f}{note}")
+    print("\n* torchstain converts RGB to LAB its own way and fits its target on one image, so part of its")
+    print("  difference is a different colour space, not rounding.")
+    print(f"\nrerun: {sys.executable} benchmarks/reinhard.py --torchstain-python /tmp/torchstain-env/bin/python")
+
+
+if __name__ == "__main__":
+    main()

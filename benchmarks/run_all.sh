@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every benchmark and writes benchmarks/RESULTS.md with the machine description.
+# Baselines that need other packages get their own environment under /tmp, never the project's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TS_ENV=${TS_ENV:-/tmp/torchstain-env}
+if [ ! -x "$TS_ENV/bin/python" ]; then
+    python -m venv "$TS_ENV"
+    "$TS_ENV/bin/pip" install -q torchstain numpy opencv-python-headless
+fi
+{
+    echo "# Benchmark results"
+    echo
+    echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB;"
+    echo "Python $(python -c 'import platform; print(platform.python_version())'), $(python -c 'import cv2, numpy, torch; print(f"OpenCV {cv2.__version__}, NumPy {numpy.__version__}, torch {torch.__version__}")'); $(date -u +%Y-%m-%d)."
+    echo
+    echo "## Reinhard stain normalization"
+    echo
+    echo '```'
+    python benchmarks/reinhard.py --torchstain-python "$TS_ENV/bin/python"
+    echo '```'
+} > benchmarks/RESULTS.md
+cat benchmarks/RESULTS.md
