@@ -9,7 +9,9 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from histofuse.errors import HistofuseError
 
@@ -69,7 +71,7 @@ def run(
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     console.print(_metrics_table(metrics))
-    console.print(f"[green]done[/]: {run_dir}")
+    console.print(f"[green]done[/]: {escape(str(run_dir))}")
 
 
 @recipe_app.command("check")
@@ -85,7 +87,7 @@ def recipe_check(
     parsed, registry, model = _load(recipe, set_)
     for table in describe_recipe(parsed, registry, model):
         console.print(table)
-    console.print(f"[green]ok[/]: {recipe} is valid")
+    console.print(f"[green]ok[/]: {escape(str(recipe))} is valid")
     if show_toml:
         console.print(recipe_to_toml(parsed), markup=False, highlight=False)
 
@@ -192,7 +194,7 @@ def qc_command(
     for reason, count in summary["reasons"].items():
         result.add_row(f"removed: {reason}", str(count))
     console.print(result)
-    console.print(f"scores per image: {out}")
+    console.print(f"scores per image: {escape(str(out))}")
 
 
 @app.command("stain-stats")
@@ -215,7 +217,7 @@ def stain_stats(
     state = fit_normalizer_on(registry, dataset, root, normalizer, option or [], sample, tissue_only, seed)
     out.write_text(json.dumps(state, indent=2))
     console.print_json(data=state)
-    console.print(f"saved: {out}")
+    console.print(f"saved: {escape(str(out))}")
 
 
 def _add_plugin_commands() -> None:
@@ -224,7 +226,7 @@ def _add_plugin_commands() -> None:
 
         create_plugin_manager().hook.register_commands(app=app)
     except Exception as exc:  # a broken plugin must not take the CLI down
-        err_console.print(f"[yellow]warning:[/] plugin commands unavailable: {exc}")
+        err_console.print(f"[yellow]warning:[/] plugin commands unavailable: {escape(str(exc))}")
 
 
 def main() -> None:
@@ -233,7 +235,7 @@ def main() -> None:
     try:
         app()
     except HistofuseError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; files already written in the run directory are kept")

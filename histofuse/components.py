@@ -69,7 +69,8 @@ class DatasetSpec:
     ``scan(root, **options)`` returns a ``pandas.DataFrame`` with at least the
     columns ``path`` (absolute), ``label`` and ``group`` (the patient: the unit
     of splitting); more columns (``subtype``, ``magnification``, ...) are kept.
-    ``source`` tells a user where to get the data when ``root`` is missing.
+    ``source`` tells a user where to get the data when ``root`` is missing;
+    ``generated`` says that ``scan`` creates the data itself when ``root`` does not exist.
     """
 
     name: str
@@ -77,6 +78,7 @@ class DatasetSpec:
     description: str
     options: type[BaseModel] | None = None
     source: str = ""
+    generated: bool = False
 
 
 ComponentSpec = BackboneSpec | FusionSpec | NormalizerSpec | DatasetSpec

@@ -232,7 +232,7 @@ class Evaluator:
             normalize=normalize, qc=qc, bootstrap=self.recipe.evaluation.bootstrap, seed=self.recipe.seed,
             run_dir=self.run_dir, write=self.accelerator.is_main_process,
         )
-        self.console.print(summary_line(metrics))
+        self.console.print(summary_line(metrics), markup=False)
         return metrics
 
     def evaluate_external(self, external: ExternalSetConfig) -> dict:

@@ -90,7 +90,7 @@ class Registry:
         """Say what is known, the closest match, and which broken plugins might have provided it."""
         known = self.names(kind)
         parts = [f"unknown {kind} '{name}'."]
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         if close:
             parts.append(f"Did you mean {' or '.join(repr(c) for c in close)}?")
         parts.append(f"Registered {kind}s: {', '.join(known) if known else '(none)'}.")

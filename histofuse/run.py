@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+from rich.markup import escape
 
 from histofuse.data.split import split_by_group
 from histofuse.data.table import check_table
@@ -39,6 +40,22 @@ def load_table(recipe: Recipe, registry: Registry) -> tuple[pd.DataFrame, list[s
             f"Then point the recipe at it: --set data.root=/path/to/data (now {root})."
         ) from None
     return check_table(table, spec.name, recipe.data.classes)
+
+
+def check_external_roots(recipe: Recipe, registry: Registry) -> None:
+    """Every [[evaluate]] set must be reachable before hours of training, not after."""
+    problems = []
+    for i, external in enumerate(recipe.evaluate):
+        spec = registry.get("dataset", external.dataset)
+        if external.root is None:
+            problems.append(f"evaluate[{i}].root: not set. Where to get {spec.name}: {spec.source}")
+        elif not spec.generated and not Path(external.root).expanduser().exists():
+            problems.append(
+                f"evaluate[{i}].root: '{external.root}' does not exist. Where to get {spec.name}: {spec.source}. "
+                f"Then --set evaluate[{i}].root=/path/to/it"
+            )
+    if problems:
+        raise DataError("before training, the external evaluation sets were checked:\n  - " + "\n  - ".join(problems))
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
@@ -98,6 +115,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     if not accelerator.is_main_process:
         console.quiet = True  # one process talks
     set_seed(recipe.seed)
+    check_external_roots(recipe, registry)
     with accelerator.main_process_first():  # a generated dataset is written once, then read by all
         table, classes = load_table(recipe, registry)
     table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
@@ -107,8 +125,8 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     if accelerator.is_main_process:
         (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
         table.to_csv(run_dir / "split.csv", index=False)
-    console.print(f"run directory: [bold]{run_dir}[/]")
-    console.print(_split_summary(table, classes))
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
+    console.print(_split_summary(table, classes), markup=False)
 
     model = build_model(recipe, registry, len(classes))
     console.print(f"model: {count_parameters(model) / 1e6:.2f}M parameters")

@@ -72,13 +72,21 @@ def tiny_recipe(tiny_recipe_dict):
 @pytest.fixture
 def builtin_pm():
     """A plugin manager holding only the built-in plugins, registered by hand (no entry points)."""
-    from histofuse_builtins import backbones_timm, data_breakhis, data_synthetic, defaults, fusion_concat, stain_reinhard
+    from histofuse_builtins import (
+        backbones_timm,
+        data_bach,
+        data_breakhis,
+        data_synthetic,
+        defaults,
+        fusion_concat,
+        stain_reinhard,
+    )
 
     from histofuse.plugins import create_plugin_manager
 
     return create_plugin_manager(
         entry_points=False,
-        plugins=(backbones_timm, fusion_concat, data_synthetic, data_breakhis, stain_reinhard, defaults),
+        plugins=(backbones_timm, fusion_concat, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
     )
 
 

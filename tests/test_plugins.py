@@ -25,7 +25,7 @@ def test_builtins_register_every_component_kind(registry):
     assert registry.names("backbone") == ["timm"]
     assert registry.names("fusion") == ["concat"]
     assert registry.names("normalizer") == ["reinhard"]
-    assert registry.names("dataset") == ["breakhis", "synthetic"]
+    assert registry.names("dataset") == ["bach", "breakhis", "synthetic"]
 
 
 def test_a_name_claimed_twice_is_an_error_naming_both_plugins():
@@ -45,7 +45,7 @@ def test_unknown_name_lists_known_names_and_the_closest_match(registry):
     message = str(info.value)
     assert "unknown dataset 'breakhs'" in message
     assert "Did you mean 'breakhis'?" in message
-    assert "Registered datasets: breakhis, synthetic" in message
+    assert "Registered datasets: bach, breakhis, synthetic" in message
 
 
 def test_a_hook_that_raises_marks_its_plugin_broken_without_breaking_others():
@@ -174,3 +174,14 @@ def test_the_core_never_imports_a_plugin():
 
     texts = {p.name: p.read_text() for p in (REPO / "histofuse").rglob("*.py")}
     assert [name for name, text in texts.items() if "histofuse_builtins" in text] == []
+
+
+def test_every_entry_point_in_pyproject_is_in_the_test_plugin_manager(builtin_pm):
+    """The hand-built manager the tests use must hold exactly what pyproject.toml registers."""
+    import tomllib
+
+    from conftest import REPO
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["histofuse"]
+    modules = {plugin.__name__ for plugin in builtin_pm.get_plugins()}
+    assert modules == set(declared.values())

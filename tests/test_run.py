@@ -204,3 +204,13 @@ def test_a_bad_unfreeze_fails_before_any_training(tmp_path, tiny_recipe_dict):
     assert done.returncode == 2
     assert "phases[2].unfreeze.cnn: asks for the last 99" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_external_set_fails_before_training(tmp_path, tiny_recipe_dict):
+    tiny_recipe_dict["evaluate"] = [{"name": "bach", "dataset": "bach", "root": str(tmp_path / "no_bach")}]
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    done = cli("run", str(recipe), "-o", str(tmp_path / "runs"))
+    assert done.returncode == 2
+    text = " ".join(done.stderr.split())
+    assert "evaluate[0].root:" in text and "does not exist" in text and "[[evaluate]]" in text
+    assert not (tmp_path / "runs").exists()

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from rich.markup import escape
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -118,7 +119,7 @@ class Trainer:
                 lr_backbone=optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else 0.0,
                 seconds=time.perf_counter() - started, failed_images=len(self.state.failed), best=improved,
             )
-            self.accelerator.print(self.history.format(record))
+            self.accelerator.print(self.history.format(record))  # plain print: no markup to misread
             self.hooks.on_epoch_end(run_dir=self.run_dir, record=record)
             early = self.training.early_stopping
             if early.enabled and stale >= early.patience and phase_epoch < phase.epochs:
@@ -175,7 +176,7 @@ class Trainer:
         for path, reason in failed:
             if path not in self.state.failed:
                 self.state.failed[path] = reason
-                self.console.print(f"[yellow]warning:[/] skipped unreadable image {path}: {reason}")
+                self.console.print(f"[yellow]warning:[/] skipped unreadable image {escape(path)}: {escape(reason)}")
 
     def _merge_failures_across_processes(self) -> None:
         """Every process ends the epoch knowing every failure, so all take the same decision."""

@@ -122,6 +122,7 @@ def register_datasets():
             description="generated H&E-like tiles in the BreaKHis layout (benign/malignant by nuclear morphology)",
             options=SyntheticOptions,
             source="generated on first use into data.root; `histofuse demo-data DIR` writes one",
+            generated=True,
         )
     ]
 
