@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
-import pandas as pd
+from pydantic import AfterValidator, Field
 
 # code -> (label, subtype folder name)
 SUBTYPES: dict[str, tuple[str, str]] = {
@@ -25,6 +26,17 @@ SUBTYPES: dict[str, tuple[str, str]] = {
     "PC": ("malignant", "papillary_carcinoma"),
 }
 MAGNIFICATIONS = (40, 100, 200, 400)
+
+
+def _check_magnifications(value: list[int]) -> list[int]:
+    bad = [m for m in value if m not in MAGNIFICATIONS]
+    if bad:
+        raise ValueError(f"{bad} are not BreaKHis magnifications; use some of {list(MAGNIFICATIONS)}")
+    return sorted(set(value))
+
+
+# An option type shared by the datasets that use this layout.
+Magnifications = Annotated[list[int], Field(min_length=1), AfterValidator(_check_magnifications)]
 
 FILE_NAME = re.compile(
     r"^SOB_(?P<cls>[BM])_(?P<code>[A-Z]{1,2})-(?P<year>\d{2})-(?P<slide>(?P<id>\d+)[A-Z]*)-(?P<mag>\d{2,3})-(?P<seq>\d{3})\.png$",
@@ -61,8 +73,10 @@ def parse_name(name: str) -> dict | None:
     }
 
 
-def scan_tree(root: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """Every parseable BreaKHis image under ``root`` (nested or flat) and the PNGs whose names did not parse."""
+def scan_tree(root: Path):
+    """Every parseable BreaKHis image under ``root`` (nested or flat) as a DataFrame, and the PNGs whose names did not parse."""
+    import pandas as pd
+
     rows, unparsed = [], []
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() != ".png" or not path.is_file():

@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
+from histofuse_builtins.breakhis_layout import MAGNIFICATIONS, Magnifications
 
 SOURCE = (
     "BreaKHis v1 from the Laboratorio Visao Robotica e Imagem, UFPR "
@@ -28,19 +29,9 @@ SOURCE = (
 
 class BreakhisOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    magnifications: list[int] = Field(default_factory=lambda: [40, 100, 200, 400], min_length=1)
+    magnifications: Magnifications = Field(default_factory=lambda: list(MAGNIFICATIONS))
     label: Literal["binary", "subtype"] = "binary"
     group_by: Literal["patient", "slide"] = "patient"
-
-    @field_validator("magnifications")
-    @classmethod
-    def _known(cls, value: list[int]) -> list[int]:
-        from histofuse_builtins.breakhis_layout import MAGNIFICATIONS
-
-        bad = [m for m in value if m not in MAGNIFICATIONS]
-        if bad:
-            raise ValueError(f"{bad} are not BreaKHis magnifications; use some of {list(MAGNIFICATIONS)}")
-        return sorted(set(value))
 
 
 def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", group_by="patient"):

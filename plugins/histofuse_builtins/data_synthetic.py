@@ -13,9 +13,10 @@ from pathlib import Path
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
+from histofuse_builtins.breakhis_layout import MAGNIFICATIONS, Magnifications
 
 _MARKER = ".histofuse-synthetic.json"
 # Bump when the renderer changes, so trees written by an older version are regenerated.
@@ -28,21 +29,11 @@ class SyntheticOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     patients_per_class: int = Field(12, ge=3, le=500)
     images_per_magnification: int = Field(3, ge=1, le=100)
-    magnifications: list[int] = Field(default_factory=lambda: [40, 100, 200, 400], min_length=1)
+    magnifications: Magnifications = Field(default_factory=lambda: list(MAGNIFICATIONS))
     width: int = Field(210, ge=32, le=2048)
     height: int = Field(138, ge=32, le=2048)
     seed: int = Field(0, ge=0)
     site: Literal["a", "b"] = Field("a", description="staining protocol; 'b' is a second lab's colours")
-
-    @field_validator("magnifications")
-    @classmethod
-    def _breakhis_magnifications(cls, value: list[int]) -> list[int]:
-        from histofuse_builtins.breakhis_layout import MAGNIFICATIONS
-
-        bad = [m for m in value if m not in MAGNIFICATIONS]
-        if bad:
-            raise ValueError(f"{bad} are not BreaKHis magnifications; use some of {list(MAGNIFICATIONS)}")
-        return sorted(set(value))
 
 
 def write_synthetic(root: Path, options: SyntheticOptions) -> int:
