@@ -5,14 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def youden_threshold(labels: np.ndarray, p_positive: np.ndarray) -> float:
-    """The probability cut that maximises sensitivity + specificity - 1 on these (validation) data."""
+def youden_threshold(labels: np.ndarray, p_positive: np.ndarray) -> float | None:
+    """The probability cut that maximises sensitivity + specificity - 1 on these (validation) data.
+
+    None when no cut beats chance (one class only, or J <= 0): the caller then
+    falls back to the most probable class instead of locking in a useless cut.
+    """
     from sklearn.metrics import roc_curve
 
+    if len(np.unique(labels)) < 2:
+        return None
     fpr, tpr, thresholds = roc_curve(labels, p_positive)
-    best = int(np.argmax(tpr - fpr))
-    # roc_curve's first threshold is +inf (predict nothing positive); never lock that in.
-    return float(min(max(thresholds[best], 0.0), 1.0))
+    # roc_curve's first threshold is +inf (predict nothing positive); it is never a candidate.
+    j = (tpr - fpr)[1:]
+    best = int(np.argmax(j)) + 1
+    if j[best - 1] <= 0:
+        return None
+    return float(min(thresholds[best], 1.0))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -71,6 +71,9 @@ def run(
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     console.print(_metrics_table(metrics))
+    for name, entry in metrics.items():
+        if "error" in entry:
+            err_console.print(Text.assemble((f"evaluation set '{name}' failed: ", "bold red"), entry["error"]))
     console.print(f"[green]done[/]: {escape(str(run_dir))}")
 
 

@@ -6,9 +6,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from pydantic import ValidationError
 
 from histofuse.errors import DataError, HistofuseError, RecipeError
-from histofuse.recipe import ExternalSetConfig, QCConfig, check_options, load_recipe, parse_value, validate_options
+from histofuse.recipe import (
+    ExternalSetConfig,
+    QCConfig,
+    check_options,
+    format_validation_errors,
+    load_recipe,
+    parse_value,
+    validate_options,
+)
 
 
 def _pairs(items: list[str], what: str) -> dict:
@@ -67,7 +77,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     from histofuse.training.checkpoint import load_weights
 
     run_dir = Path(run_dir)
-    needed = ["recipe.toml", "model.safetensors", "model.json", "evaluation.json"]
+    needed = ["recipe.toml", "split.csv", "model.safetensors", "model.json", "evaluation.json"]
     missing = [f for f in needed if not (run_dir / f).is_file()]
     if missing:
         raise HistofuseError(f"{run_dir} is not a finished run directory: {', '.join(missing)} missing")
@@ -79,17 +89,29 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     registry = default_registry()
     meta = json.loads((run_dir / "model.json").read_text())
     classes = meta["classes"]
-    external = ExternalSetConfig(
-        name=name, dataset=dataset, root=str(root), options=_pairs(options, "--option"),
-        label_map={k: str(v) for k, v in _pairs(label_map, "--map").items()},
-        qc=QCConfig(enabled=qc), normalize=normalize, tta=tta,
-    )
+    spec = registry.get("dataset", dataset)
+    parsed_options = _pairs(options, "--option")
+    problems = check_options(spec, parsed_options, "--option")
+    if problems:
+        raise RecipeError("histofuse evaluate", problems)
+    try:
+        external = ExternalSetConfig(
+            name=name, dataset=dataset, root=str(root), options=parsed_options,
+            label_map={k: str(v) for k, v in _pairs(label_map, "--map").items()},
+            qc=QCConfig(enabled=qc), normalize=normalize, tta=tta,
+        )
+    except ValidationError as exc:
+        raise RecipeError("histofuse evaluate", format_validation_errors(exc, ExternalSetConfig)) from None
     accelerator = make_accelerator(recipe)
+    if not accelerator.is_main_process:
+        console.quiet = True
     model = build_model(recipe, registry, len(classes), pretrained=False)
     load_weights(model, run_dir)
+    split = pd.read_csv(run_dir / "split.csv", dtype={"group": str, "label": str})
     evaluator = Evaluator(
         accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes,
-        state=EvaluationState.load(run_dir), run_dir=run_dir, console=console,
+        state=EvaluationState.load(run_dir), val_frame=split[split["split"] == "val"].reset_index(drop=True),
+        run_dir=run_dir, console=console,
     )
     metrics = evaluator.evaluate_external(external)
     if accelerator.is_main_process:

@@ -9,7 +9,7 @@ quality control, stain normalization and TTA, each reported in their metrics.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,16 @@ STATE_FILE = "evaluation.json"
 
 @dataclass
 class EvaluationState:
-    """What evaluation fitted, saved with the run so later evaluations reuse it."""
+    """What evaluation fitted, saved with the run so later evaluations reuse it.
 
-    threshold: float | None
-    temperature: float
+    Threshold and temperature are fitted on the validation split once per TTA
+    mode (``calibration[mode] = {"threshold": ..., "temperature": ...}``): views
+    change the score distribution, so a cut fitted without TTA does not hold with it.
+    """
+
     normalizer: dict | None  # {"name": ..., "options": ..., "state": ...}
     color_baseline: dict | None
+    calibration: dict[str, dict] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:
         (run_dir / STATE_FILE).write_text(json.dumps(vars(self), indent=2))
@@ -87,7 +91,8 @@ def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes
     return saved, baseline
 
 
-def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> tuple[float | None, float]:
+def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> dict:
+    """Threshold (two classes) and temperature from validation predictions; threshold None means argmax."""
     cfg = recipe.evaluation
     temperature = fit_temperature(val_logits, val_labels) if cfg.temperature_scaling else 1.0
     threshold = None
@@ -96,7 +101,7 @@ def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, nu
             threshold = youden_threshold(val_labels, softmax(val_logits, temperature)[:, 1])
         elif isinstance(cfg.threshold, float):
             threshold = cfg.threshold
-    return threshold, temperature
+    return {"threshold": threshold, "temperature": temperature}
 
 
 def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> pd.DataFrame:
@@ -110,10 +115,21 @@ def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> 
         table = spec.scan(Path(external.root).expanduser(), **validate_options(spec, external.options))
     except FileNotFoundError as exc:
         raise DataError(f"evaluate '{external.name}': {exc}. Where to get it: {spec.source}") from None
+    bad_targets = sorted(set(external.label_map.values()) - set(classes))
+    if bad_targets:
+        raise DataError(f"evaluate '{external.name}': label map targets {bad_targets} are not classes of this model {classes}")
     if external.label_map:
         table = table.copy()
         table["label"] = table["label"].astype(str).map(lambda v: external.label_map.get(v, v))
-    table, _ = check_table(table, spec.name, classes)
+    found = set(table["label"].astype(str))
+    unknown = sorted(found - set(classes))
+    if unknown:
+        raise DataError(
+            f"evaluate '{external.name}': labels {unknown} of dataset '{spec.name}' are not classes of this model "
+            f"{classes}; map them with label_map (--map FROM=TO) or a dataset option such as label = \"binary\""
+        )
+    # An external set may lack a class (e.g. tumour-only, to measure sensitivity): metrics handle it.
+    table, _ = check_table(table, spec.name, None)
     return table
 
 
@@ -122,7 +138,8 @@ def evaluate_frame(
     name: str,
     frame: pd.DataFrame,
     classes: list[str],
-    state: EvaluationState,
+    calibration: dict,
+    color_baseline: dict | None,
     predict_frame,
     tta: str,
     normalize: bool,
@@ -143,32 +160,33 @@ def evaluate_frame(
         if frame.empty:
             raise DataError(f"evaluate '{name}': quality control removed every image ({qc_info['reasons']})")
     result = predict_frame(frame, tta, normalize)
-    probs = softmax(result.logits, state.temperature)
+    threshold, temperature = calibration["threshold"], calibration["temperature"]
+    probs = softmax(result.logits, temperature)
     labels = result.labels
     rows = frame.iloc[result.indices].reset_index(drop=True)
     groups = rows["group"].to_numpy()
-    metrics = classification_metrics(labels, probs, classes, state.threshold)
+    metrics = classification_metrics(labels, probs, classes, threshold)
     metrics.update(
-        name=name, loss=result.loss, tta=tta, normalized=normalize, temperature=state.temperature,
+        name=name, loss=result.loss, tta=tta, normalized=normalize, temperature=temperature,
         auc_ci95=bootstrap_auc_ci(labels, probs, groups, bootstrap, seed), ece=expected_calibration_error(labels, probs),
         failed_images=[p for p, _ in result.failed], qc=qc_info,
     )
-    metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, state.threshold)
+    metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, threshold)
     metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
     if "magnification" in rows:
         metrics["per_magnification"] = {
-            str(m): classification_metrics(labels[(rows["magnification"] == m).to_numpy()], probs[(rows["magnification"] == m).to_numpy()], classes, state.threshold)
+            str(m): classification_metrics(labels[(rows["magnification"] == m).to_numpy()], probs[(rows["magnification"] == m).to_numpy()], classes, threshold)
             for m in sorted(rows["magnification"].unique())
         }
-    if state.color_baseline is not None and result.color is not None:
-        baseline = ColorBaseline.from_json(state.color_baseline)
+    if color_baseline is not None and result.color is not None:
+        baseline = ColorBaseline.from_json(color_baseline)
         color_probs = baseline.predict_proba(result.color, len(classes))
         metrics["color_baseline"] = {k: v for k, v in classification_metrics(labels, color_probs, classes).items() if k in ("auc", "accuracy", "balanced_accuracy")}
     if write and run_dir is not None:
         out = rows[[c for c in ("path", "group", "label", "subtype", "magnification") if c in rows]].copy()
         for i, cls in enumerate(classes):
             out[f"prob_{cls}"] = probs[:, i]
-        predicted = probs.argmax(1) if state.threshold is None else (probs[:, 1] >= state.threshold).astype(int)
+        predicted = probs.argmax(1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
         out["predicted"] = [classes[i] for i in predicted]
         out.to_csv(run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv"), index=False)
     return metrics
@@ -194,7 +212,9 @@ def build_normalizer(registry, saved: dict | None):
 class Evaluator:
     """Evaluates one trained model on any table of images, with the run's fitted state."""
 
-    def __init__(self, *, accelerator, model, recipe: Recipe, registry, classes, state: EvaluationState, run_dir, console):
+    def __init__(
+        self, *, accelerator, model, recipe: Recipe, registry, classes, state: EvaluationState, val_frame, run_dir, console
+    ):
         from histofuse.data.loading import default_num_workers
 
         self.accelerator = accelerator
@@ -203,6 +223,7 @@ class Evaluator:
         self.registry = registry
         self.classes = classes
         self.state = state
+        self.val_frame = val_frame
         self.run_dir = run_dir
         self.console = console
         self.normalizer = build_normalizer(registry, state.normalizer)
@@ -226,9 +247,22 @@ class Evaluator:
         loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))
         return predict(self.accelerator, self.model, loader, len(self.classes), tta)
 
+    def calibration(self, tta: str) -> dict:
+        """Threshold and temperature for this TTA mode, fitted on the validation split the first time."""
+        if tta not in self.state.calibration:
+            val = self.predict_frame(self.val_frame, tta, normalize=False)
+            self.state.calibration[tta] = calibrate(self.recipe, val.logits, val.labels, len(self.classes))
+            found = self.state.calibration[tta]
+            if len(self.classes) == 2 and found["threshold"] is None and self.recipe.evaluation.threshold == "youden":
+                self.console.print("warning: no validation threshold beats chance; predicting the most probable class")
+            if self.accelerator.is_main_process and self.run_dir is not None:
+                self.state.save(self.run_dir)
+        return self.state.calibration[tta]
+
     def evaluate(self, name: str, frame: pd.DataFrame, *, tta: str, normalize: bool, qc: QCThresholds | None) -> dict:
         metrics = evaluate_frame(
-            name=name, frame=frame, classes=self.classes, state=self.state, predict_frame=self.predict_frame, tta=tta,
+            name=name, frame=frame, classes=self.classes, calibration=self.calibration(tta),
+            color_baseline=self.state.color_baseline, predict_frame=self.predict_frame, tta=tta,
             normalize=normalize, qc=qc, bootstrap=self.recipe.evaluation.bootstrap, seed=self.recipe.seed,
             run_dir=self.run_dir, write=self.accelerator.is_main_process,
         )
@@ -250,8 +284,10 @@ def summary_line(m: dict) -> str:
 
     ci = m.get("auc_ci95")
     parts = [f"{m['name']}: {m['n']} images", f"AUC {fmt(m['auc'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+    if m["auc"] is None and m["n"]:
+        parts.append("(one class only)")
     parts.append(f"accuracy {fmt(m['accuracy'])}")
-    if "threshold" in m:
+    if m.get("threshold") is not None:
         parts.append(f"threshold {m['threshold']:.3f}")
     parts.append(f"patient AUC {fmt(m['per_patient']['auc'])}")
     if "color_baseline" in m:

@@ -57,8 +57,8 @@ def classification_metrics(
         out["specificity"] = _macro_specificity(cm)
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)
-    if threshold is not None and k == 2:
-        out["threshold"] = float(threshold)
+    if k == 2:
+        out["threshold"] = None if threshold is None else float(threshold)  # None: the most probable class
     return out
 
 

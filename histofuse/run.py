@@ -42,8 +42,8 @@ def load_table(recipe: Recipe, registry: Registry) -> tuple[pd.DataFrame, list[s
     return check_table(table, spec.name, recipe.data.classes)
 
 
-def check_external_roots(recipe: Recipe, registry: Registry) -> None:
-    """Every [[evaluate]] set must be reachable before hours of training, not after."""
+def check_external_sets(recipe: Recipe, registry: Registry, classes: list[str]) -> None:
+    """Every [[evaluate]] set must be readable, with labels the model knows, before hours of training."""
     problems = []
     for i, external in enumerate(recipe.evaluate):
         spec = registry.get("dataset", external.dataset)
@@ -54,6 +54,14 @@ def check_external_roots(recipe: Recipe, registry: Registry) -> None:
                 f"evaluate[{i}].root: '{external.root}' does not exist. Where to get {spec.name}: {spec.source}. "
                 f"Then --set evaluate[{i}].root=/path/to/it"
             )
+    if not problems:
+        from histofuse.evaluation import load_external
+
+        for i, external in enumerate(recipe.evaluate):
+            try:
+                load_external(external, registry, classes)
+            except HistofuseError as exc:
+                problems.append(f"evaluate[{i}]: {exc}")
     if problems:
         raise DataError("before training, the external evaluation sets were checked:\n  - " + "\n  - ".join(problems))
 
@@ -115,9 +123,9 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     if not accelerator.is_main_process:
         console.quiet = True  # one process talks
     set_seed(recipe.seed)
-    check_external_roots(recipe, registry)
     with accelerator.main_process_first():  # a generated dataset is written once, then read by all
         table, classes = load_table(recipe, registry)
+        check_external_sets(recipe, registry, classes)
     table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
 
     run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
@@ -175,37 +183,48 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
         best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
         failed_images=sorted({*state.failed, *metrics["test"]["failed_images"]}), seconds=time.perf_counter() - started,
     )
-    if accelerator.is_main_process:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_metrics(accelerator, run_dir, metrics)
     hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
     accelerator.end_training()
     return run_dir
 
 
 def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console) -> dict:
-    """Fit normalizer/baseline on training, threshold/temperature on validation; evaluate test and [[evaluate]] sets."""
-    from histofuse.evaluation import EvaluationState, Evaluator, calibrate, fit_on_training_split
+    """Fit normalizer/baseline on training and calibration on validation; evaluate test, then [[evaluate]] sets.
+
+    metrics.json is written after the test split and after every external set, and
+    a failing external set is recorded as an error: nothing a long run produced is lost.
+    """
+    from histofuse.evaluation import EvaluationState, Evaluator, fit_on_training_split
 
     normalize = any(e.normalize for e in recipe.evaluate)
     normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console)
-    state = EvaluationState(None, 1.0, normalizer, baseline.to_json() if baseline else None)
+    state = EvaluationState(normalizer, baseline.to_json() if baseline else None)
     evaluator = Evaluator(
         accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes, state=state,
-        run_dir=run_dir, console=console,
+        val_frame=frames["val"], run_dir=run_dir, console=console,
     )
-    val = evaluator.predict_frame(frames["val"], recipe.evaluation.tta, normalize=False)
-    state.threshold, state.temperature = calibrate(recipe, val.logits, val.labels, len(classes))
-    if accelerator.is_main_process:
-        state.save(run_dir)
-    if state.threshold is not None:
+    calibration = evaluator.calibration(recipe.evaluation.tta)
+    if calibration["threshold"] is not None:
         console.print(
-            f"decision threshold {state.threshold:.3f} ({recipe.evaluation.threshold}, from the validation split), "
-            f"temperature {state.temperature:.3f}"
+            f"decision threshold {calibration['threshold']:.3f} ({recipe.evaluation.threshold}, from the validation "
+            f"split), temperature {calibration['temperature']:.3f}"
         )
     metrics = {"test": evaluator.evaluate("test", frames["test"], tta=recipe.evaluation.tta, normalize=False, qc=None)}
+    _write_metrics(accelerator, run_dir, metrics)
     for external in recipe.evaluate:
-        metrics[external.name] = evaluator.evaluate_external(external)
+        try:
+            metrics[external.name] = evaluator.evaluate_external(external)
+        except HistofuseError as exc:
+            console.print(f"error: evaluation set '{external.name}' failed: {exc}", markup=False)
+            metrics[external.name] = {"name": external.name, "error": str(exc)}
+        _write_metrics(accelerator, run_dir, metrics)
     return metrics
+
+
+def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
+    if accelerator.is_main_process:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 def _broadcast(accelerator, value: str) -> str:

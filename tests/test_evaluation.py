@@ -44,6 +44,11 @@ def test_youden_threshold_separates_and_is_a_probability():
     assert m["accuracy"] == 1.0 and m["threshold"] == t
 
 
+def test_youden_never_locks_in_a_useless_cut():
+    assert youden_threshold(np.array([0, 0, 0]), np.array([0.1, 0.5, 0.9])) is None  # one class
+    assert youden_threshold(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) is None  # worse than chance
+
+
 def test_temperature_fit_recovers_the_true_temperature():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, (4000, 3))

@@ -53,7 +53,7 @@ def test_a_run_writes_everything_a_user_needs(tmp_path, tiny_recipe_dict):
                 "threshold", "per_patient", "per_magnification", "color_baseline"):
         assert key in metrics, key
     assert sorted(metrics["per_magnification"]) == ["100", "200", "40", "400"]
-    assert json.loads((run_dir / "evaluation.json").read_text())["threshold"] == metrics["threshold"]
+    assert json.loads((run_dir / "evaluation.json").read_text())["calibration"]["none"]["threshold"] == metrics["threshold"]
     assert sum(map(sum, metrics["confusion_matrix"])) == len(predictions)
     meta = json.loads((run_dir / "model.json").read_text())
     assert meta["classes"] == ["benign", "malignant"] and meta["epoch"] == metrics["best_epoch"]

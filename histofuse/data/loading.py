@@ -137,7 +137,8 @@ def make_loader(
         collate_fn=collate,
         # A last training batch of one image would break batch norm; evaluation keeps every image.
         drop_last=train and len(dataset) > batch_size,
-        persistent_workers=num_workers > 0,
+        # Training reuses its workers every epoch; an evaluation loader is iterated once.
+        persistent_workers=train and num_workers > 0,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         generator=generator,
         pin_memory=torch.cuda.is_available(),

@@ -20,7 +20,7 @@ from histofuse_builtins.breakhis_layout import MAGNIFICATIONS, Magnifications
 
 _MARKER = ".histofuse-synthetic.json"
 # Bump when the renderer changes, so trees written by an older version are regenerated.
-_GENERATOR_VERSION = 7
+_GENERATOR_VERSION = 8
 _BENIGN_CODES = ("A", "F", "PT", "TA")
 _MALIGNANT_CODES = ("DC", "LC", "MC", "PC")
 
@@ -44,7 +44,9 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
     from histofuse_builtins.breakhis_layout import image_path
     from histofuse_builtins.synthetic_tissue import patient_stain, render_tile
 
-    rng = np.random.default_rng(options.seed)
+    # Site "b" draws its own patients: the same seed must not restain the training patients.
+    site_key = [] if options.site == "a" else [ord(options.site)]
+    rng = np.random.default_rng([options.seed, *site_key])
     ids = rng.choice(np.arange(10000, 40000), size=2 * options.patients_per_class, replace=False)
     written = 0
     for p in range(2 * options.patients_per_class):
@@ -53,7 +55,7 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
         code = codes[(p // 2) % len(codes)]
         # As in the real release, one patient's id spans two slide folders (e.g. 22549AB, 22549CD).
         slides = [f"{ids[p]}AB", f"{ids[p]}CD"] if p == 1 else [f"{ids[p]}{'AB' if p % 3 else ''}"]
-        patient_rng = np.random.default_rng([options.seed, p])
+        patient_rng = np.random.default_rng([options.seed, p, *site_key])
         stain = patient_stain(patient_rng, options.site)
         for mag in options.magnifications:
             for seq in range(1, options.images_per_magnification + 1):

@@ -101,7 +101,10 @@ class Reinhard:
             m2 = m2 + np.square(image_std) * n + np.square(delta) * count * n / total
             count = total
         if count == 0:
-            raise histofuse.DataError("Reinhard.fit got no (tissue) pixels; give it at least one RGB image with tissue")
+            raise histofuse.DataError(
+                "reinhard found no (tissue) pixels in the images it was given to measure; "
+                "give it at least one RGB image with tissue (or turn tissue_only off)"
+            )
         return mean, np.sqrt(m2 / count)
 
     @property
