@@ -31,12 +31,18 @@ def _pairs(items: list[str], what: str) -> dict:
     return out
 
 
-def scan_dataset(registry, dataset: str, root: Path, options: list[str]):
+def dataset_options(registry, dataset: str, options: list[str]) -> tuple[object, dict]:
+    """The dataset's spec and its --option KEY=VALUE pairs, checked against its schema."""
     spec = registry.get("dataset", dataset)
     parsed = _pairs(options, "--option")
     problems = check_options(spec, parsed, "--option")
     if problems:
         raise RecipeError("--option", problems)
+    return spec, parsed
+
+
+def scan_dataset(registry, dataset: str, root: Path, options: list[str]):
+    spec, parsed = dataset_options(registry, dataset, options)
     try:
         table = spec.scan(Path(root).expanduser(), **validate_options(spec, parsed))
     except FileNotFoundError as exc:
@@ -89,11 +95,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     registry = default_registry()
     meta = json.loads((run_dir / "model.json").read_text())
     classes = meta["classes"]
-    spec = registry.get("dataset", dataset)
-    parsed_options = _pairs(options, "--option")
-    problems = check_options(spec, parsed_options, "--option")
-    if problems:
-        raise RecipeError("histofuse evaluate", problems)
+    _, parsed_options = dataset_options(registry, dataset, options)
     try:
         external = ExternalSetConfig(
             name=name, dataset=dataset, root=str(root), options=parsed_options,
