@@ -20,7 +20,7 @@ def breakhis_tree(root, names):
         label, subtype = SUBTYPES[code]
         folder = root / "histology_slides" / "breast" / label / "SOB" / subtype / f"SOB_{cls}_{code}_{year}-{slide}" / f"{mag}X"
         folder.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / name), np.full((46, 70, 3), 200, np.uint8))
+        cv2.imwrite(str(folder / name), np.full((460, 700, 3), 200, np.uint8))  # BreaKHis: 700 x 460 RGB PNG
     return root
 
 
