@@ -89,4 +89,18 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
     data.add_row("image size", f"resize {recipe.data.resize_to}, crop {recipe.data.image_size}")
     data.add_row("split (by patient)", f"val {recipe.data.split.val:g}, test {recipe.data.split.test:g}, seed {recipe.seed}")
     data.add_row("batch size", str(recipe.data.batch_size))
-    return [components, sizes, phases, data]
+
+    cfg = recipe.evaluation
+    evaluation = Table(title=f"evaluation: threshold {cfg.threshold} and temperature from validation, TTA {cfg.tta}")
+    for column in ("set", "dataset", "root", "QC", "normalize", "TTA"):
+        evaluation.add_column(column)
+    evaluation.add_row("test", recipe.data.dataset, "(test split)", "-", "no", cfg.tta)
+    for external in recipe.evaluate:
+        spec = registry.get("dataset", external.dataset)
+        root = Path(external.root).expanduser() if external.root else None
+        where = "not set" if root is None else (str(root) if root.exists() or spec.generated else f"{root} (missing)")
+        normalize = f"{cfg.normalizer.name} {cfg.normalizer.options}" if external.normalize else "no"
+        evaluation.add_row(
+            external.name, external.dataset, where, "yes" if external.qc.enabled else "no", normalize, external.tta or cfg.tta
+        )
+    return [components, sizes, phases, data, evaluation]

@@ -73,7 +73,9 @@ def test_tissue_only_statistics_ignore_the_background(registry):
     padded = np.full((40, 40, 3), 250, np.uint8)
     padded[:20, :20] = tissue
     all_pixels, tissue_only = spec.build(), spec.build(tissue_only=True)
-    assert tissue_only.fit([padded]) == pytest.approx(spec.build().fit([tissue]), rel=1e-6)
+    fitted, reference = tissue_only.fit([padded]), spec.build().fit([tissue])
+    np.testing.assert_allclose(fitted["mean"], reference["mean"], rtol=1e-6)
+    np.testing.assert_allclose(fitted["std"], reference["std"], rtol=1e-6)
     assert all_pixels.fit([padded])["mean"][0] > tissue_only.state["mean"][0] + 20
 
 
