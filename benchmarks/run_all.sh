@@ -19,5 +19,11 @@ fi
     echo '```'
     python benchmarks/reinhard.py --torchstain-python "$TS_ENV/bin/python"
     echo '```'
+    echo
+    echo "## Fusion heads"
+    echo
+    echo '```'
+    python benchmarks/fusions.py
+    echo '```'
 } > benchmarks/RESULTS.md
 cat benchmarks/RESULTS.md

@@ -79,6 +79,7 @@ def builtin_pm():
         data_synthetic,
         defaults,
         fusion_concat,
+        fusion_gated,
         stain_reinhard,
     )
 
@@ -86,7 +87,7 @@ def builtin_pm():
 
     return create_plugin_manager(
         entry_points=False,
-        plugins=(backbones_timm, fusion_concat, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
+        plugins=(backbones_timm, fusion_concat, fusion_gated, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
     )
 
 

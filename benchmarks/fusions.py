@@ -1,0 +1,49 @@
+"""Fusion heads at the paper's widths (EfficientNetV2-S 1280 + ViT-B/16 768 -> 1024): parameters and cost.
+
+Times forward + backward of the fusion alone on batches of pooled features, one
+thread, median of several repeats, as a ratio to `concat` measured in the same run.
+The backbones dominate a full step (39 GFLOP per image); this isolates what the
+fusion choice adds.
+
+Rerun:
+    python benchmarks/fusions.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+torch.set_num_threads(1)
+
+
+def main(batch: int = 32, repeats: int = 30) -> None:
+    from histofuse.registry import default_registry
+
+    registry = default_registry()
+    widths = [1280, 768]
+    features = [torch.randn(batch, w) for w in widths]
+    print(f"# fusion heads at widths {widths} -> 1024, batch {batch}, one thread, median of {repeats}\n")
+    print(f"{'fusion':>10} {'parameters':>12} {'us/image':>10} {'min-max':>15} {'x concat':>9}")
+    results = {}
+    for name in registry.names("fusion"):
+        spec = registry.get("fusion", name)
+        if spec.inputs != "pooled":
+            continue
+        fusion = spec.build(in_features=widths, dim=1024, dropout=0.6)
+        times = []
+        for _ in range(repeats + 3):
+            start = time.perf_counter()
+            fusion(features).sum().backward()
+            times.append((time.perf_counter() - start) / batch * 1e6)
+        results[name] = (sum(p.numel() for p in fusion.parameters()), np.array(times[3:]))
+    base = np.median(results["concat"][1])
+    for name, (params, t) in results.items():
+        print(f"{name:>10} {params / 1e6:11.2f}M {np.median(t):10.1f} {t.min():7.1f}-{t.max():<7.1f} {np.median(t) / base:9.2f}")
+    print("\nrerun: python benchmarks/fusions.py")
+
+
+if __name__ == "__main__":
+    main()
