@@ -24,15 +24,17 @@ def main(batch: int = 32, repeats: int = 30) -> None:
 
     registry = default_registry()
     widths = [1280, 768]
-    features = [torch.randn(batch, w) for w in widths]
-    print(f"# fusion heads at widths {widths} -> 1024, batch {batch}, one thread, median of {repeats}\n")
-    print(f"{'fusion':>10} {'parameters':>12} {'us/image':>10} {'min-max':>15} {'x concat':>9}")
+    pooled = [torch.randn(batch, w) for w in widths]
+    # At 224 x 224: EfficientNetV2-S ends in a 7 x 7 map, ViT-B/16 has 196 patch tokens + 1 class token.
+    tokens = [torch.randn(batch, 49, 1280), torch.randn(batch, 197, 768)]
+    print(f"# fusion heads at widths {widths} -> 1024, batch {batch}, one thread, median of {repeats}")
+    print("# token fusions see 49 CNN positions and 197 ViT tokens (224 x 224 input); defaults otherwise\n")
+    print(f"{'fusion':>16} {'parameters':>12} {'us/image':>10} {'min-max':>15} {'x concat':>9}")
     results = {}
     for name in registry.names("fusion"):
         spec = registry.get("fusion", name)
-        if spec.inputs != "pooled":
-            continue
-        fusion = spec.build(in_features=widths, dim=1024, dropout=0.6)
+        features = tokens if spec.inputs == "tokens" else pooled
+        fusion = spec.build(in_features=widths, dim=1024)
         times = []
         for _ in range(repeats + 3):
             start = time.perf_counter()
@@ -41,7 +43,7 @@ def main(batch: int = 32, repeats: int = 30) -> None:
         results[name] = (sum(p.numel() for p in fusion.parameters()), np.array(times[3:]))
     base = np.median(results["concat"][1])
     for name, (params, t) in results.items():
-        print(f"{name:>10} {params / 1e6:11.2f}M {np.median(t):10.1f} {t.min():7.1f}-{t.max():<7.1f} {np.median(t) / base:9.2f}")
+        print(f"{name:>16} {params / 1e6:11.2f}M {np.median(t):10.1f} {t.min():7.1f}-{t.max():<7.1f} {np.median(t) / base:9.2f}")
     print("\nrerun: python benchmarks/fusions.py")
 
 

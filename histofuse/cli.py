@@ -105,7 +105,9 @@ def plugins() -> None:
     table.add_column("description")
     for entry in registry.entries():
         table.add_row(entry.kind, entry.name, entry.distribution, entry.plugin, entry.spec.description)
-    console.print(table)
+    # Piped output (grep, logs) gets full rows instead of 80 columns with names cut short.
+    out = console if console.is_terminal else Console(width=200)
+    out.print(table)
     if registry.failures:
         broken = Table(title="plugins that failed to load", title_style="bold red")
         for column in ("plugin", "distribution"):
@@ -113,7 +115,7 @@ def plugins() -> None:
         broken.add_column("error")
         for failure in registry.failures:
             broken.add_row(failure.name, failure.distribution, failure.error)
-        console.print(broken)
+        out.print(broken)
 
 
 def _metrics_table(metrics: dict) -> Table:

@@ -21,7 +21,8 @@ class BackboneSpec:
     ``torch.nn.Module`` that has ``num_features`` (int), ``mean`` and ``std``
     (RGB tuples for inputs in [0, 1]), ``parameter_groups()`` (ordered lists of
     parameters, input side first, used for "unfreeze the last N") and whose
-    ``forward`` maps a normalised ``(B, 3, H, W)`` batch to ``(B, num_features)``.
+    ``forward`` maps a normalised ``(B, 3, H, W)`` batch to ``(B, num_features)``;
+    ``forward_tokens`` (for token-consuming fusions) maps it to ``(B, N, num_features)``.
     """
 
     name: str

@@ -49,8 +49,9 @@ class HybridModel(nn.Module):
     means its batch-norm statistics stay what they were, and it costs inference only.
     """
 
-    def __init__(self, backbones: dict[str, nn.Module], fusion: nn.Module, head: nn.Module):
+    def __init__(self, backbones: dict[str, nn.Module], fusion: nn.Module, head: nn.Module, inputs: str = "pooled"):
         super().__init__()
+        self.inputs = inputs  # what the fusion consumes: pooled vectors or token sequences
         self.backbones = nn.ModuleDict(backbones)
         self.normalize = nn.ModuleDict(
             {name: InputNormalization(tuple(b.mean), tuple(b.std)) for name, b in backbones.items()}
@@ -62,11 +63,12 @@ class HybridModel(nn.Module):
         out = []
         for name, backbone in self.backbones.items():
             inputs = self.normalize[name](x)
+            run = backbone.forward_tokens if self.inputs == "tokens" else backbone
             if is_frozen(backbone):
                 with torch.no_grad():
-                    out.append(backbone(inputs))
+                    out.append(run(inputs))
             else:
-                out.append(backbone(inputs))
+                out.append(run(inputs))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,7 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
         **validate_options(fusion_spec, recipe.model.fusion_options),
     )
     head = ClassifierHead(fusion.out_features, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
-    return HybridModel(backbones, fusion, head)
+    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs)
 
 
 def count_parameters(module: nn.Module) -> int:

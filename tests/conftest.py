@@ -79,6 +79,7 @@ def builtin_pm():
         data_synthetic,
         defaults,
         fusion_concat,
+        fusion_cross_attention,
         fusion_gated,
         stain_reinhard,
     )
@@ -87,7 +88,7 @@ def builtin_pm():
 
     return create_plugin_manager(
         entry_points=False,
-        plugins=(backbones_timm, fusion_concat, fusion_gated, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
+        plugins=(backbones_timm, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
     )
 
 

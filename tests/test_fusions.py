@@ -7,21 +7,29 @@ from histofuse.recipe import validate_options
 
 
 def fusion_names():
-    from histofuse_builtins import fusion_concat, fusion_gated
+    from histofuse_builtins import fusion_concat, fusion_cross_attention, fusion_gated
 
     from histofuse.plugins import create_plugin_manager
     from histofuse.registry import Registry
 
-    pm = create_plugin_manager(entry_points=False, plugins=(fusion_concat, fusion_gated))
+    pm = create_plugin_manager(entry_points=False, plugins=(fusion_concat, fusion_gated, fusion_cross_attention))
     return Registry(pm).names("fusion")
+
+
+def inputs_for(spec, widths, batch=5):
+    """Pooled vectors, or token sequences of different lengths (a CNN map and a ViT's tokens differ)."""
+    if spec.inputs == "tokens":
+        return [torch.randn(batch, 3 + 4 * i, w, requires_grad=True) for i, w in enumerate(widths)]
+    return [torch.randn(batch, w, requires_grad=True) for w in widths]
 
 
 @pytest.mark.parametrize("name", fusion_names())
 @pytest.mark.parametrize("widths", [[256, 64], [32], [16, 24, 40]], ids=["two", "one", "three"])
 def test_fusion_maps_any_number_of_backbones_to_out_features_and_trains_every_parameter(registry, name, widths):
     spec = registry.get("fusion", name)
-    fusion = spec.build(in_features=widths, **validate_options(spec, {"dim": 12, "dropout": 0.0}))
-    features = [torch.randn(5, w, requires_grad=True) for w in widths]
+    options = {"dim": 12, "dropout": 0.0} | ({"width": 16, "heads": 2} if spec.inputs == "tokens" else {})
+    fusion = spec.build(in_features=widths, **validate_options(spec, options))
+    features = inputs_for(spec, widths)
     out = fusion(features)
     assert out.shape == (5, fusion.out_features) == (5, 12)
     out.square().sum().backward()
@@ -44,5 +52,32 @@ def test_a_recipe_trains_with_the_gated_fusion(tmp_path, tiny_recipe_dict):
     tiny_recipe_dict["model"]["fusion"] = "gated"
     tiny_recipe_dict["model"]["fusion_options"] = {"dim": 16, "dropout": 0.1}
     recipe = write_toml(tmp_path / "gated.toml", tiny_recipe_dict)
+    assert run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")]).exit_code == 0
+    assert (only_run_dir(tmp_path / "runs") / "metrics.json").is_file()
+
+
+def test_cross_attention_passes_gradients_in_both_directions(registry):
+    """Backbone A's pooled output depends on backbone B's tokens through attention alone, and vice versa."""
+    spec = registry.get("fusion", "cross_attention")
+    width = 8
+    for direction, reaches in (("both", (True, True)), ("one_way", (True, False))):
+        fusion = spec.build(in_features=[8, 6], dim=4, width=width, heads=2, dropout=0.0, direction=direction)
+        pooled = {}
+        fusion.out[0].register_forward_hook(lambda module, inputs, output: pooled.update(x=inputs[0]))
+        for half, other in ((0, 1), (1, 0)):
+            tokens = [torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 7, 6, requires_grad=True)]
+            fusion(tokens)
+            # The pooled tokens of one backbone only: the other reaches them through attention or not at all.
+            pooled["x"][:, half * width : (half + 1) * width].sum().backward()
+            assert (tokens[other].grad is not None and tokens[other].grad.abs().sum() > 0) == reaches[half], (direction, half)
+
+
+def test_a_recipe_trains_with_cross_attention(tmp_path, tiny_recipe_dict):
+    from conftest import write_toml
+    from test_run import only_run_dir, run_cli
+
+    tiny_recipe_dict["model"]["fusion"] = "cross_attention"
+    tiny_recipe_dict["model"]["fusion_options"] = {"dim": 16, "width": 16, "heads": 2, "dropout": 0.0}
+    recipe = write_toml(tmp_path / "xattn.toml", tiny_recipe_dict)
     assert run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")]).exit_code == 0
     assert (only_run_dir(tmp_path / "runs") / "metrics.json").is_file()

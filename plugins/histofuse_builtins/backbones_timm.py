@@ -94,6 +94,11 @@ def _timm_backbone_class():
         def forward(self, x):
             return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
+        def forward_tokens(self, x):
+            """(B, N, num_features): a CNN's feature map flattened to positions, a ViT's tokens as they are."""
+            features = self.net.forward_features(x)
+            return features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+
         def parameter_groups(self):
             groups = group_parameters(self.net, self.net.group_matcher(coarse=True))
             by_name = dict(self.net.named_parameters())
