@@ -103,14 +103,15 @@ def apply_phase(model: HybridModel, phase: PhaseConfig, phase_path: str = "phase
 
     Fusion and head always train at ``lr.head``; the last N parameter groups of
     each backbone (as the backbone orders them, input side first) train at
-    ``lr.backbone``; everything else is frozen.
+    ``lr.<backbone name>`` if given, else ``lr.backbone``, one optimizer group
+    per backbone; everything else is frozen.
     """
     for p in model.parameters():
         p.requires_grad_(False)
     head_params = model.head_parameters()
     for p in head_params:
         p.requires_grad_(True)
-    backbone_params: list[nn.Parameter] = []
+    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head}]
     trainable = {"head": sum(p.numel() for p in head_params)}
     unfrozen: dict[str, int] = {}
     problems = []
@@ -126,14 +127,12 @@ def apply_phase(model: HybridModel, phase: PhaseConfig, phase_path: str = "phase
         chosen = [p for group in groups[len(groups) - n :] for p in group] if n else []
         for p in chosen:
             p.requires_grad_(True)
-        backbone_params += chosen
+        if chosen:
+            param_groups.append({"name": name, "params": chosen, "lr": phase.lr.for_backbone(name)})
         unfrozen[name] = n
         trainable[name] = sum(p.numel() for p in chosen)
     if problems:
         raise RecipeError("recipe", problems)
-    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head}]
-    if backbone_params:
-        param_groups.append({"name": "backbone", "params": backbone_params, "lr": phase.lr.backbone})
     return PhasePlan(param_groups, trainable, unfrozen)
 
 

@@ -84,8 +84,16 @@ class ModelConfig(_Section):
 
 
 class LearningRates(_Section):
+    """``head``, ``backbone`` (every unfrozen backbone layer), and optionally one key per backbone name."""
+
+    # Extra keys are per-backbone overrides (lr = { head = 2e-5, backbone = 1e-6, vit = 5e-7 }); check_recipe
+    # checks that they name backbones and are numbers.
+    model_config = ConfigDict(extra="allow", strict=True)
     head: float = Field(gt=0, le=1)
     backbone: float = Field(0.0, ge=0, le=1)
+
+    def for_backbone(self, name: str) -> float:
+        return float((self.model_extra or {}).get(name, self.backbone))
 
 
 class PhaseConfig(_Section):
@@ -430,12 +438,24 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
                     )
                 elif count < 0:
                     problems.append(f"phases[{i}].unfreeze.{key}: expected a number of groups >= 0, got {count}")
+        for key, value in (phase.lr.model_extra or {}).items():
+            if key not in names:
+                hint = difflib.get_close_matches(key, names + ["head", "backbone"], n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                problems.append(f"phases[{i}].lr.{key}: unknown key{extra} Keys: head, backbone, or a backbone name ({', '.join(names)})")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                problems.append(f"phases[{i}].lr.{key}: expected a number between 0 and 1, got {_show(value)}")
+        unfrozen = [n for n in names if phase.unfreeze == "all" or (isinstance(phase.unfreeze, dict) and phase.unfreeze.get(n, 0) > 0)]
+        # Any positive count, even under a misspelt name, so one typo is reported once.
         trains_backbone = phase.unfreeze == "all" or (
             isinstance(phase.unfreeze, dict) and any(v > 0 for v in phase.unfreeze.values())
         )
-        if trains_backbone and phase.lr.backbone == 0:
-            problems.append(f"phases[{i}].lr.backbone: phase unfreezes backbone layers but their learning rate is 0")
-        if not trains_backbone and phase.lr.backbone > 0:
+        if not problems:
+            for name in unfrozen:
+                if phase.lr.for_backbone(name) == 0:
+                    key = name if name in (phase.lr.model_extra or {}) else "backbone"
+                    problems.append(f"phases[{i}].lr.{key}: phase unfreezes layers of '{name}' but their learning rate is 0")
+        if not trains_backbone and (phase.lr.backbone > 0 or phase.lr.model_extra):
             problems.append(
                 f"phases[{i}].lr.backbone: set to {phase.lr.backbone:g} but this phase unfreezes nothing; "
                 "set unfreeze (\"all\" or a table of backbone = groups) or drop lr.backbone"

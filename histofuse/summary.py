@@ -76,7 +76,8 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
         unfreeze = ", ".join(f"{k} last {v}" for k, v in plan.unfrozen_groups.items() if v) or "none"
         trainable = sum(plan.trainable.values())
         phases.add_row(
-            str(i + 1), phase.name, str(phase.epochs), unfreeze, f"{phase.lr.head:g}", f"{phase.lr.backbone:g}",
+            str(i + 1), phase.name, str(phase.epochs), unfreeze, f"{phase.lr.head:g}",
+            ", ".join(f"{g['name']} {g['lr']:g}" for g in plan.param_groups[1:]) or "-",
             f"{trainable / 1e6:.2f}M", phase.augment,
         )
 

@@ -39,9 +39,17 @@ def test_partial_phase_trains_exactly_the_last_groups_at_the_backbone_rate(model
         assert set().union(*groups[-2:]) <= names
         assert not (set().union(*groups[:-2]) & names)
     lrs = {g["name"]: g["lr"] for g in plan.param_groups}
-    assert lrs == {"head": 1e-3, "backbone": 1e-4}
-    backbone_ids = {id(p) for p in plan.param_groups[1]["params"]}
+    assert lrs == {"head": 1e-3, "cnn": 1e-4, "vit": 1e-4}
+    backbone_ids = {id(p) for g in plan.param_groups[1:] for p in g["params"]}
     assert backbone_ids == {id(p) for n, p in model.named_parameters() if n in names and n.startswith("backbones.")}
+
+
+def test_each_backbone_can_have_its_own_learning_rate(model, tiny_recipe_dict):
+    from histofuse.recipe import parse_recipe
+
+    tiny_recipe_dict["phases"][1]["lr"] = {"head": 1e-3, "backbone": 1e-4, "vit": 5e-6}
+    plan = apply_phase(model, parse_recipe(tiny_recipe_dict).phases[1])
+    assert {g["name"]: g["lr"] for g in plan.param_groups} == {"head": 1e-3, "cnn": 1e-4, "vit": 5e-6}
 
 
 def test_full_phase_trains_everything(model, tiny_recipe):

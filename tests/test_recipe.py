@@ -141,3 +141,10 @@ def test_model_level_problems_are_found_before_training(tiny_recipe_dict, regist
     assert problems == [
         "phases[2].unfreeze.cnn: asks for the last 99 parameter groups but backbone 'cnn' has 6; use at most 6 or \"all\""
     ]
+
+
+def test_per_backbone_learning_rates_must_name_backbones_and_be_numbers(tiny_recipe_dict, registry):
+    tiny_recipe_dict["phases"][1]["lr"] = {"head": 1e-3, "backbone": 1e-4, "vitt": 1e-5, "cnn": "slow"}
+    found = check_recipe(parse_recipe(tiny_recipe_dict), registry)
+    assert any(p.startswith("phases[1].lr.vitt: unknown key; did you mean 'vit'?") for p in found)
+    assert 'phases[1].lr.cnn: expected a number between 0 and 1, got "slow"' in found

@@ -37,7 +37,8 @@ def test_a_run_writes_everything_a_user_needs(tmp_path, tiny_recipe_dict):
 
     history = pd.read_csv(run_dir / "history.csv")
     assert history["phase"].tolist() == ["head", "partial", "full", "full"]
-    assert history["lr_backbone"].tolist()[:2] == [0.0, 1e-4]
+    assert history["lr_cnn"].tolist()[:2] == [0.0, 1e-4]
+    assert history["lr_vit"].tolist()[:2] == [0.0, 1e-4]
     assert "epochs = 2" in (run_dir / "recipe.toml").read_text()  # the override is part of the resolved recipe
 
     split = pd.read_csv(run_dir / "split.csv", dtype={"group": str})

@@ -30,5 +30,5 @@ class History:
         return (
             f"  epoch {r['epoch']:>3} ({r['phase']} {r['phase_epoch']})  train_loss {r['train_loss']:.4f}  "
             f"val_loss {r['val_loss']:.4f}  val_auc {auc}  val_acc {r['val_accuracy']:.3f}  "
-            f"lr {r['lr_head']:.2e}/{r['lr_backbone']:.2e}  {r['seconds']:.1f}s{star}"
+            f"lr {'/'.join(f'{v:.1e}' for k, v in r.items() if k.startswith('lr_'))}  {r['seconds']:.1f}s{star}"
         )

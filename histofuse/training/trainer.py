@@ -88,7 +88,7 @@ class Trainer:
         )
         self.accelerator.print(
             f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "
-            f"trainable {_describe(plan.trainable)}, lr head {phase.lr.head:g} backbone {phase.lr.backbone:g}"
+            f"trainable {_describe(plan.trainable)}, lr " + ", ".join(f"{g['name']} {g['lr']:g}" for g in plan.param_groups)
         )
         stale = 0
         for phase_epoch in range(1, phase.epochs + 1):
@@ -115,8 +115,7 @@ class Trainer:
             record = self.history.add(
                 phase=phase.name, phase_index=index, epoch=self.state.epoch, phase_epoch=phase_epoch,
                 train_loss=train_loss, val_loss=val.loss, val_auc=metrics["auc"], val_accuracy=metrics["accuracy"],
-                val_balanced_accuracy=metrics["balanced_accuracy"], lr_head=optimizer.param_groups[0]["lr"],
-                lr_backbone=optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else 0.0,
+                val_balanced_accuracy=metrics["balanced_accuracy"], **self._learning_rates(optimizer),
                 seconds=time.perf_counter() - started, failed_images=len(self.state.failed), best=improved,
             )
             self.accelerator.print(self.history.format(record))  # plain print: no markup to misread
@@ -150,6 +149,13 @@ class Trainer:
 
     def predict(self, model, loader, tta: str = "none") -> Predictions:
         return predict(self.accelerator, model, loader, len(self.classes), tta)
+
+    def _learning_rates(self, optimizer) -> dict:
+        """lr_head and lr_<backbone> for every backbone (0 while frozen): the same columns in every phase."""
+        rates = {f"lr_{name}": 0.0 for name in ["head", *self.model.backbones]}
+        for group in optimizer.param_groups:
+            rates[f"lr_{group['name']}"] = group["lr"]
+        return rates
 
     def _improves(self, score: float, loss: float) -> bool:
         """Better by more than min_delta; on an exact tie (AUC saturates at 1.0), a lower loss wins."""
