@@ -28,6 +28,15 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Work with recipe files.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
+
+def _add_weights_commands() -> None:
+    from histofuse.weights_cli import weights_app
+
+    app.add_typer(weights_app, name="weights")
+
+
+_add_weights_commands()
+
 SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. --set phases[0].epochs=2 (repeatable).")
 
 

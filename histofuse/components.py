@@ -23,6 +23,8 @@ class BackboneSpec:
     parameters, input side first, used for "unfreeze the last N") and whose
     ``forward`` maps a normalised ``(B, 3, H, W)`` batch to ``(B, num_features)``;
     ``forward_tokens`` (for token-consuming fusions) maps it to ``(B, N, num_features)``.
+    Optional: ``export_state_dict()`` (weights in the family's own names, for
+    ``histofuse weights export``) and ``weights_report`` (what loading a file did).
     """
 
     name: str

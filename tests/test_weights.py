@@ -72,3 +72,43 @@ def test_unknown_timm_names_and_tags_suggest_the_right_ones(build):
         build(model="tf_efficientnetv2_ss", pretrained=False)
     with pytest.raises(WeightsError, match="has no weights tag 'nope'"):
         build(model="test_vit.nope", pretrained=False)
+
+
+def test_weights_check_command_reports_fit_and_misfit(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_efficientnet").state_dict().items()}, str(good))
+    done = subprocess.run([sys.executable, "-m", "histofuse", "weights", "check", "test_efficientnet", str(good)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "fits timm:test_efficientnet: loaded" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "histofuse", "weights", "check", "timm:test_vit", str(good)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "none of the" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_trained_backbone_weights_round_trip_into_a_new_run(tmp_path, tiny_recipe_dict, registry):
+    """Train, export the CNN's weights, and a new recipe with pretrained = that file starts exactly from them."""
+    from conftest import write_toml
+    from test_run import cli, only_run_dir
+
+    from histofuse.model import build_model
+    from histofuse.recipe import parse_recipe
+
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    assert cli("run", str(recipe), "-o", str(tmp_path / "runs")).returncode == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    exported = tmp_path / "cnn.safetensors"
+    done = cli("weights", "export", str(run_dir), "cnn", str(exported))
+    assert done.returncode == 0, done.stderr
+
+    from safetensors.torch import load_file
+
+    trained = load_file(str(exported))
+    tiny_recipe_dict["model"]["backbones"][0]["pretrained"] = str(exported)
+    fresh = build_model(parse_recipe(tiny_recipe_dict), registry, num_classes=2)
+    start = fresh.backbones["cnn"].net.state_dict()
+    assert set(trained) == set(start)
+    assert all(torch.equal(trained[k], start[k]) for k in trained)

@@ -59,7 +59,8 @@ def build_timm_backbone(*, model: str, pretrained: bool | str = False, image_siz
                 "On a machine without internet, download them elsewhere and set "
                 "pretrained = \"/path/to/weights.safetensors\" (or .pth), or set pretrained = false."
             ) from exc
-    else:
+    report = None
+    if pretrained is not True:
         net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
         if isinstance(pretrained, str):
             report = histofuse.load_weights_file(net, Path(pretrained), drop_prefixes=(_classifier_prefix(net),))
@@ -67,7 +68,9 @@ def build_timm_backbone(*, model: str, pretrained: bool | str = False, image_siz
     cfg = net.pretrained_cfg
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    return _timm_backbone_class()(net, mean, std)
+    backbone = _timm_backbone_class()(net, mean, std)
+    backbone.weights_report = report
+    return backbone
 
 
 def _classifier_prefix(net) -> str:
@@ -98,6 +101,10 @@ def _timm_backbone_class():
             """(B, N, num_features): a CNN's feature map flattened to positions, a ViT's tokens as they are."""
             features = self.net.forward_features(x)
             return features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+
+        def export_state_dict(self):
+            """The weights in timm's own names, loadable with pretrained = "file" or timm itself."""
+            return self.net.state_dict()
 
         def parameter_groups(self):
             groups = group_parameters(self.net, self.net.group_matcher(coarse=True))

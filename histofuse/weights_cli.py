@@ -1,0 +1,70 @@
+"""``histofuse weights check`` and ``histofuse weights export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from histofuse.errors import HistofuseError, WeightsError
+
+weights_app = typer.Typer(help="Check weights files against backbones; export a run's backbone weights.", no_args_is_help=True)
+
+
+def _split_backbone(text: str) -> tuple[str, str]:
+    source, _, model = text.rpartition(":")
+    return (source or "timm"), model
+
+
+@weights_app.command("check")
+def check(
+    backbone: str = typer.Argument(..., help="[SOURCE:]MODEL, e.g. tf_efficientnetv2_s or timm:vit_base_patch16_224."),
+    file: Path = typer.Argument(..., help="A .safetensors or PyTorch state-dict file."),
+    image_size: int = typer.Option(224, "--image-size", min=16, help="Input size (ViT position embeddings depend on it)."),
+) -> None:
+    """Tell whether FILE fits BACKBONE before a long run: loaded, missing and unexpected tensors, shape errors."""
+    from histofuse.cli import console
+    from histofuse.registry import default_registry
+
+    source, model = _split_backbone(backbone)
+    spec = default_registry().get("backbone", source)
+    built = spec.build(model=model, pretrained=str(file), image_size=image_size)
+    report = getattr(built, "weights_report", None)
+    if report is None:
+        raise WeightsError(f"backbone family '{source}' does not report on weights files")
+    console.print(f"{file} fits {source}:{model}: {report.summary()}", markup=False)
+    if report.missing:
+        console.print(f"missing (first 10): {', '.join(report.missing[:10])}", markup=False)
+    if report.unexpected:
+        console.print(f"unexpected (first 10): {', '.join(report.unexpected[:10])}", markup=False)
+
+
+@weights_app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    name: str = typer.Argument(..., help="The backbone's name in the recipe, e.g. cnn."),
+    out: Path = typer.Argument(..., help="Where to write the .safetensors file."),
+) -> None:
+    """Write one backbone's trained weights, in its family's own names, for pretrained = "OUT" in another recipe."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from histofuse.cli import console
+    from histofuse.model import build_model
+    from histofuse.recipe import load_recipe
+    from histofuse.registry import default_registry
+    from histofuse.training.checkpoint import load_weights
+
+    if not (run_dir / "model.safetensors").is_file():
+        raise HistofuseError(f"{run_dir} has no model.safetensors; is it a finished run directory?")
+    recipe = load_recipe(run_dir / "recipe.toml")
+    classes = json.loads((run_dir / "model.json").read_text())["classes"]
+    model = build_model(recipe, default_registry(), len(classes), pretrained=False)
+    load_weights(model, run_dir)
+    if name not in model.backbones:
+        raise HistofuseError(f"run has no backbone '{name}'; its backbones are: {', '.join(model.backbones)}")
+    backbone = model.backbones[name]
+    state = backbone.export_state_dict() if hasattr(backbone, "export_state_dict") else backbone.state_dict()
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out))
+    console.print(f"wrote {len(state)} tensors of backbone '{name}' to {out}", markup=False)
