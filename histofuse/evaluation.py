@@ -242,6 +242,7 @@ class Evaluator:
         dataset = ImageTable(
             frame, self.classes, self.transform, preprocess=self.normalizer.transform if normalize else None,
             color_stats=self.state.color_baseline is not None,
+            magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
         )
         batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
         loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))

@@ -49,9 +49,17 @@ class HybridModel(nn.Module):
     means its batch-norm statistics stay what they were, and it costs inference only.
     """
 
-    def __init__(self, backbones: dict[str, nn.Module], fusion: nn.Module, head: nn.Module, inputs: str = "pooled"):
+    def __init__(
+        self,
+        backbones: dict[str, nn.Module],
+        fusion: nn.Module,
+        head: nn.Module,
+        inputs: str = "pooled",
+        magnification: nn.Module | None = None,
+    ):
         super().__init__()
         self.inputs = inputs  # what the fusion consumes: pooled vectors or token sequences
+        self.magnification = magnification
         self.backbones = nn.ModuleDict(backbones)
         self.normalize = nn.ModuleDict(
             {name: InputNormalization(tuple(b.mean), tuple(b.std)) for name, b in backbones.items()}
@@ -71,8 +79,11 @@ class HybridModel(nn.Module):
                 out.append(run(inputs))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fusion(self.features(x)))
+    def forward(self, x: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
+        fused = self.fusion(self.features(x))
+        if self.magnification is not None:
+            fused = torch.cat([fused, self.magnification(magnification, len(x), x.device)], dim=1)
+        return self.head(fused)
 
     def train(self, mode: bool = True) -> "HybridModel":
         super().train(mode)
@@ -82,7 +93,33 @@ class HybridModel(nn.Module):
         return self
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.fusion.parameters(), *self.head.parameters()]
+        extra = list(self.magnification.parameters()) if self.magnification is not None else []
+        return [*self.fusion.parameters(), *self.head.parameters(), *extra]
+
+
+class MagnificationEmbedding(nn.Module):
+    """A learned vector per magnification, plus one for "unknown" (index 0).
+
+    Samples carry the index of their magnification (0 when the dataset has none, e.g.
+    an external set). During training a share of known magnifications is hidden as
+    unknown, so the unknown vector is learned too and such sets still work.
+    """
+
+    def __init__(self, values: list[int], dim: int, unknown_rate: float):
+        super().__init__()
+        self.values = list(values)
+        self.embed = nn.Embedding(len(values) + 1, dim)
+        self.unknown_rate = unknown_rate
+        self.dim = dim
+
+    def forward(self, index: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if index is None:
+            index = torch.zeros(batch, dtype=torch.long, device=device)
+        index = index.to(device)
+        if self.training and self.unknown_rate > 0:
+            hide = torch.rand(index.shape, device=device) < self.unknown_rate
+            index = index.masked_fill(hide, 0)
+        return self.embed(index)
 
 
 def is_frozen(module: nn.Module) -> bool:
@@ -172,8 +209,11 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
         in_features=[b.num_features for b in backbones.values()],
         **validate_options(fusion_spec, recipe.model.fusion_options),
     )
-    head = ClassifierHead(fusion.out_features, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
-    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs)
+    mag = recipe.model.magnification
+    embedding = MagnificationEmbedding(mag.values, mag.dim, mag.unknown_rate) if mag.enabled else None
+    width = fusion.out_features + (mag.dim if mag.enabled else 0)
+    head = ClassifierHead(width, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
+    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding)
 
 
 def count_parameters(module: nn.Module) -> int:

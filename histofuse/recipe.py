@@ -76,11 +76,19 @@ class HeadConfig(_Section):
     dropout: float = Field(0.7, ge=0, lt=1)
 
 
+class MagnificationConfig(_Section):
+    enabled: bool = False
+    values: list[int] = Field(default_factory=lambda: [40, 100, 200, 400], min_length=1)
+    dim: int = Field(16, ge=1, le=1024)
+    unknown_rate: float = Field(0.1, ge=0, le=1)
+
+
 class ModelConfig(_Section):
     backbones: list[BackboneConfig] = Field(min_length=1)
     fusion: str = "concat"
     fusion_options: dict[str, Any] = Field(default_factory=dict)
     head: HeadConfig = Field(default_factory=HeadConfig)
+    magnification: MagnificationConfig = Field(default_factory=MagnificationConfig)
 
 
 class LearningRates(_Section):

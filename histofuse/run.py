@@ -145,19 +145,22 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0)
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
 
+    magnifications = recipe.model.magnification.values if recipe.model.magnification.enabled else None
+
     def make_train_loader(phase_index: int, strength: str):
         phase = recipe.phases[phase_index]
         transform = hooks.make_transforms(
             stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter
         )
-        dataset = ImageTable(frames["train"], classes, transform)
+        dataset = ImageTable(frames["train"], classes, transform, magnifications=magnifications)
         balanced = recipe.training.sampler == "balanced"
         # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
         seed = recipe.seed * 1000 + phase_index
         return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
 
     def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
-        return make_loader(ImageTable(frame, classes, eval_transform), eval_batch, train=False, num_workers=workers)
+        dataset = ImageTable(frame, classes, eval_transform, magnifications=magnifications)
+        return make_loader(dataset, eval_batch, train=False, num_workers=workers)
 
     weights = None
     if recipe.training.class_weights == "balanced":

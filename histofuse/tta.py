@@ -26,7 +26,7 @@ def view(x: torch.Tensor, name: str) -> torch.Tensor:
     }[name](x)
 
 
-def predict_logits(model, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+def predict_logits(model, x: torch.Tensor, mode: str = "none", magnification: torch.Tensor | None = None) -> torch.Tensor:
     """Logits averaged over the views' log-probabilities; one forward of ``len(views) * B`` images.
 
     Averaging probabilities is what the paper did; the log of that mean is
@@ -35,7 +35,8 @@ def predict_logits(model, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
     """
     names = MODES[mode]
     if len(names) == 1:
-        return model(x).float()
+        return (model(x) if magnification is None else model(x, magnification)).float()
     batch = torch.cat([view(x, n) for n in names])
-    probs = model(batch).float().softmax(1).view(len(names), x.shape[0], -1).mean(0)
+    extra = () if magnification is None else (magnification.repeat(len(names)),)
+    probs = model(batch, *extra).float().softmax(1).view(len(names), x.shape[0], -1).mean(0)
     return probs.clamp_min(1e-12).log()

@@ -146,3 +146,23 @@ def test_external_label_problems_are_found_before_training(tmp_path, tiny_recipe
     text = " ".join(done.stderr.split())
     assert "evaluate[0]:" in text and "are not classes of this model" in text and "label_map" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_magnification_aware_model_trains_on_breakhis_layout_and_evaluates_on_bach_without_magnifications(
+    tmp_path, tiny_recipe_dict, bach_root
+):
+    from test_run import only_run_dir, run_cli
+
+    tiny_recipe_dict["model"]["magnification"] = {"enabled": True, "dim": 4}
+    tiny_recipe_dict["evaluate"] = [{"name": "bach", "dataset": "bach", "root": str(bach_root)}]
+    recipe = write_toml(tmp_path / "mag.toml", tiny_recipe_dict)
+    result = run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["bach"]["n"] == 10 and "error" not in metrics["bach"]
+    assert sorted(metrics["test"]["per_magnification"]) == ["100", "200", "40", "400"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "model.safetensors"))
+    assert weights["magnification.embed.weight"].shape == (5, 4)  # 4 magnifications + unknown

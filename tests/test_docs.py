@@ -30,7 +30,8 @@ def test_hooks_doc_lists_every_hook_with_its_real_arguments():
     "model",
     [recipe.Recipe, recipe.DataConfig, recipe.SplitConfig, recipe.ModelConfig, recipe.BackboneConfig, recipe.HeadConfig,
      recipe.TrainingConfig, recipe.PlateauConfig, recipe.EarlyStoppingConfig, recipe.PhaseConfig,
-     recipe.EvaluationConfig, recipe.NormalizerConfig, recipe.ExternalSetConfig, recipe.QCConfig],
+     recipe.EvaluationConfig, recipe.NormalizerConfig, recipe.ExternalSetConfig, recipe.QCConfig,
+     recipe.MagnificationConfig],
     ids=lambda m: m.__name__,
 )
 def test_recipe_doc_lists_every_key(model):

@@ -120,3 +120,15 @@ def test_the_papers_default_architectures_build_and_run(registry):
     model.eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 224, 224)).shape == (1, 2)
+
+
+def test_magnification_embedding_uses_unknown_for_missing_values(tiny_recipe_dict, registry):
+    from histofuse.recipe import parse_recipe
+
+    tiny_recipe_dict["model"]["magnification"] = {"enabled": True, "dim": 3, "unknown_rate": 0.0}
+    model = build_model(parse_recipe(tiny_recipe_dict), registry, num_classes=2).eval()
+    x = torch.rand(2, 3, 32, 32)
+    unknown = model(x)  # no magnification given: index 0 for every image
+    assert torch.allclose(unknown, model(x, torch.zeros(2, dtype=torch.long)))
+    assert not torch.allclose(unknown, model(x, torch.tensor([1, 4])))
+    assert {id(p) for p in model.magnification.parameters()} <= {id(p) for p in model.head_parameters()}

@@ -32,8 +32,15 @@ class ImageTable(Dataset):
         transform: Callable[[np.ndarray], torch.Tensor],
         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
         color_stats: bool = False,
+        magnifications: list[int] | None = None,
     ):
         self.paths = table["path"].tolist()
+        # Index of each image's magnification in ``magnifications`` + 1; 0 = unknown (or no such column).
+        self.magnification = None
+        if magnifications is not None:
+            lookup = {m: i + 1 for i, m in enumerate(magnifications)}
+            column = table["magnification"] if "magnification" in table else pd.Series([None] * len(table))
+            self.magnification = [lookup.get(int(m), 0) if pd.notna(m) else 0 for m in column]
         index = {c: i for i, c in enumerate(classes)}
         self.labels = [index[label] for label in table["label"]]
         self.transform = transform
@@ -51,6 +58,8 @@ class ImageTable(Dataset):
         if self.preprocess is not None:
             image = self.preprocess(image)
         sample = {"index": i, "image": self.transform(image), "label": self.labels[i]}
+        if self.magnification is not None:
+            sample["magnification"] = self.magnification[i]
         if self.color_stats:
             from histofuse.color_baseline import lab_stats
 
@@ -72,6 +81,8 @@ def collate(samples: list[dict]) -> dict:
     }
     if "color" in good[0]:
         batch["color"] = torch.stack([s["color"] for s in good])
+    if "magnification" in good[0]:
+        batch["magnification"] = torch.tensor([s["magnification"] for s in good], dtype=torch.long)
     return batch
 
 

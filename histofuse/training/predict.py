@@ -46,7 +46,7 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none") -> 
         failed += batch["failed"]
         if batch["image"] is None:
             continue
-        logits = predict_logits(model, batch["image"], tta)
+        logits = predict_logits(model, batch["image"], tta, batch.get("magnification"))
         collected["losses"].append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
         collected["indices"].append(batch["index"].cpu())
         collected["logits"].append(logits.cpu())

@@ -136,7 +136,8 @@ class Trainer:
                     self._check_failure_limit()
                 if self._every_process_can_step(batch):
                     with self.accelerator.accumulate(model):
-                        loss = self.criterion(model(batch["image"]), batch["label"])
+                        extra = (batch["magnification"],) if "magnification" in batch else ()
+                        loss = self.criterion(model(batch["image"], *extra), batch["label"])
                         self.accelerator.backward(loss)
                         if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
                             self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
