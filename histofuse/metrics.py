@@ -55,6 +55,7 @@ def classification_metrics(
         for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
             out[name] = float(fn(labels, preds, average="macro", labels=list(range(k)), zero_division=0))
         out["specificity"] = _macro_specificity(cm)
+        out["per_class"] = _per_class(labels, preds, probs, classes)
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)
     if k == 2:
@@ -101,6 +102,22 @@ def bootstrap_auc_ci(
         return None  # too few patients of some class for a meaningful interval
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _per_class(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Precision, recall, F1, support and one-vs-rest AUC of every class."""
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, preds, labels=list(range(len(classes))), zero_division=0
+    )
+    report = {}
+    for c, name in enumerate(classes):
+        positive = labels == c
+        auc = float(skm.roc_auc_score(positive, probs[:, c])) if 0 < positive.sum() < len(labels) else None
+        report[name] = {
+            "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+            "support": int(support[c]), "auc_ovr": auc,
+        }
+    return report
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -34,3 +34,5 @@ def test_multiclass_metrics_are_macro_averages():
     assert m["accuracy"] == 0.75
     assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert m["auc"] is not None and len(m["confusion_matrix"]) == 3
+    assert m["per_class"]["c"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2, "auc_ovr": 0.75}
+    assert m["per_class"]["b"]["precision"] == 0.5
