@@ -131,3 +131,15 @@ def test_synthetic_classes_differ_in_nuclei_not_in_a_global_colour(tmp_path):
     benign, malignant = np.array(stats["benign"]), np.array(stats["malignant"])
     assert malignant[:, 1].mean() > 2 * benign[:, 1].mean()
     assert benign[:, 0].min() < malignant[:, 0].max()  # brightness ranges overlap
+
+
+def test_synthetic_subtypes_carry_their_own_architecture_and_label(tmp_path):
+    from histofuse_builtins.data_synthetic import scan_synthetic
+
+    options = dict(patients_per_class=4, images_per_magnification=1, magnifications=[200], width=96, height=64)
+    plain = scan_synthetic(tmp_path / "plain", **options)
+    patterned = scan_synthetic(tmp_path / "patterned", subtype_patterns=True, label="subtype", **options)
+    assert sorted(patterned["label"].unique()) == sorted(plain["subtype"].unique())
+    assert set(plain["label"]) == {"benign", "malignant"}
+    read = lambda p: open(p, "rb").read()  # noqa: E731
+    assert all(read(a) != read(b) for a, b in zip(plain["path"], patterned["path"]))

@@ -215,3 +215,20 @@ def test_a_missing_external_set_fails_before_training(tmp_path, tiny_recipe_dict
     text = " ".join(done.stderr.split())
     assert "evaluate[0].root:" in text and "does not exist" in text and "[[evaluate]]" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_subtype_run_reports_per_class_metrics(tmp_path, tiny_recipe_dict):
+    tiny_recipe_dict["data"]["root"] = str(tmp_path / "subtypes")
+    tiny_recipe_dict["data"]["options"] = {
+        "patients_per_class": 12, "images_per_magnification": 1, "magnifications": [100, 200],
+        "width": 96, "height": 64, "subtype_patterns": True, "label": "subtype",
+    }
+    tiny_recipe_dict["data"]["split"] = {"val": 0.34, "test": 0.34}
+    tiny_recipe_dict["phases"] = tiny_recipe_dict["phases"][:1]
+    recipe = write_toml(tmp_path / "subtype.toml", tiny_recipe_dict)
+    result = run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((only_run_dir(tmp_path / "runs") / "metrics.json").read_text())["test"]
+    assert len(metrics["classes"]) == 8 and metrics["auc"] is not None
+    assert set(metrics["per_class"]) == set(metrics["classes"])
+    assert all(entry["support"] == 2 for entry in metrics["per_class"].values())  # one patient x 2 images each

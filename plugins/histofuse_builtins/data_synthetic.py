@@ -34,6 +34,8 @@ class SyntheticOptions(BaseModel):
     height: int = Field(138, ge=32, le=2048)
     seed: int = Field(0, ge=0)
     site: Literal["a", "b"] = Field("a", description="staining protocol; 'b' is a second lab's colours")
+    subtype_patterns: bool = Field(False, description="draw each subtype's architecture (glands, files, mucin, ...)")
+    label: Literal["binary", "subtype"] = "binary"
 
 
 def write_synthetic(root: Path, options: SyntheticOptions) -> int:
@@ -60,7 +62,8 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
         for mag in options.magnifications:
             for seq in range(1, options.images_per_magnification + 1):
                 slide = slides[(seq - 1) % len(slides)]
-                tile = render_tile(patient_rng, malignant, stain, options.width, options.height, mag)
+                pattern = code if options.subtype_patterns else None
+                tile = render_tile(patient_rng, malignant, stain, options.width, options.height, mag, pattern)
                 path = image_path(root, code, 14, slide, mag, seq)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
@@ -71,7 +74,8 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
 def ensure_synthetic(root: Path, options: SyntheticOptions) -> None:
     """Generate the tree unless ``root`` already holds one made with the same options."""
     marker = root / _MARKER
-    wanted = {**options.model_dump(), "generator": _GENERATOR_VERSION}
+    # The label option only changes the table, not the images.
+    wanted = {**options.model_dump(exclude={"label"}), "generator": _GENERATOR_VERSION}
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return
     if root.exists() and any(root.iterdir()) and not marker.is_file():
@@ -103,6 +107,8 @@ def scan_synthetic(root, **options):
         ) from None
     table, _ = scan_tree(root)
     table["group"] = table["patient_id"]
+    if opts.label == "subtype":
+        table["label"] = table["subtype"]
     return table
 
 

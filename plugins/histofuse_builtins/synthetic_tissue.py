@@ -60,9 +60,10 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.
 
 
 def render_tile(
-    rng: np.random.Generator, malignant: bool, stain: dict, width: int, height: int, magnification: int
+    rng: np.random.Generator, malignant: bool, stain: dict, width: int, height: int, magnification: int,
+    pattern: str | None = None,
 ) -> np.ndarray:
-    """One RGB uint8 tile of shape (height, width, 3)."""
+    """One RGB uint8 tile of shape (height, width, 3); ``pattern`` (a subtype code) adds its architecture."""
     scale = _MAG_SCALE[magnification] * width / 210.0
     # Tissue vs background: a few pale holes (fat, lumens) in eosin-stained stroma.
     tissue = (_smooth_noise(rng, height, width, 18 * scale + 4) > rng.uniform(0.15, 0.3)).astype(np.float32)
@@ -90,6 +91,8 @@ def render_tile(
         x, y = rng.uniform(0, width), rng.uniform(0, height)
         length = rng.uniform(3.0, 5.0) * scale
         _draw_nucleus(hema, rng, x, y, (length, length * 0.3), rng.uniform(0, 180), rng.uniform(0.7, 1.1), 0.05)
+    if pattern is not None:
+        eosin = _draw_pattern(hema, eosin, rng, pattern, width, height, scale, area)
     hema = cv2.GaussianBlur(hema, (0, 0), 0.7) * stain["h_strength"]
     chromatin = 0.8 + 0.4 * rng.random((height, width)).astype(np.float32)
     hema *= chromatin
@@ -102,6 +105,67 @@ def render_tile(
     od = hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + stain["background"]
     rgb = 255.0 * np.exp(-od) + rng.normal(0, 2.0, od.shape)
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _draw_pattern(hema, eosin, rng, pattern: str, width, height, scale, area):
+    """Each subtype's architecture, drawn over the class morphology; returns the (possibly cleared) eosin."""
+
+    def ring(cx, cy, radius, k, size):
+        for angle in np.linspace(0, 2 * np.pi, k, endpoint=False):
+            _draw_nucleus(hema, rng, cx + radius * np.cos(angle), cy + radius * np.sin(angle), (size, size), 0, 1.0, 0.05)
+
+    def line(points, size, darkness=1.2):
+        for x, y in points:
+            _draw_nucleus(hema, rng, x, y, (size, size * 0.8), rng.uniform(0, 180), darkness, 0.2)
+
+    s = scale
+    if pattern == "A":  # adenosis: many glands with two cell layers
+        for _ in range(max(1, int(6 * area))):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            ring(cx, cy, 9 * s, 10, 2.2 * s)
+            ring(cx, cy, 13 * s, 14, 2.0 * s)
+    elif pattern == "F":  # fibroadenoma: dense, aligned stromal spindles
+        angle = rng.uniform(0, 180)
+        for _ in range(int(80 * area)):
+            _draw_nucleus(hema, rng, rng.uniform(0, width), rng.uniform(0, height), (5 * s, 1.2 * s), angle + rng.normal(0, 8), 1.0, 0.05)
+    elif pattern == "PT":  # phyllodes: leaf-like clefts in cellular stroma
+        for _ in range(3):
+            y0, amp, phase = rng.uniform(0, height), rng.uniform(5, 15) * s, rng.uniform(0, 6)
+            xs = np.arange(width)
+            ys = np.clip((y0 + amp * np.sin(xs / (20 * s) + phase)).astype(int), 0, height - 1)
+            for dy in range(-int(2 * s) - 1, int(2 * s) + 2):
+                eosin[np.clip(ys + dy, 0, height - 1), xs] *= 0.15
+        for _ in range(int(50 * area)):
+            _draw_nucleus(hema, rng, rng.uniform(0, width), rng.uniform(0, height), (4 * s, 1.5 * s), rng.uniform(0, 180), 1.1, 0.05)
+    elif pattern == "TA":  # tubular adenoma: crowded small tubules
+        for _ in range(max(1, int(14 * area))):
+            ring(rng.uniform(0, width), rng.uniform(0, height), 5 * s, 7, 1.8 * s)
+    elif pattern == "DC":  # ductal: solid nests
+        for _ in range(2):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            line(zip(cx + rng.normal(0, 8 * s, 40), cy + rng.normal(0, 8 * s, 40)), 3.5 * s, 1.4)
+    elif pattern == "LC":  # lobular: single files of small cells
+        for _ in range(4):
+            x0, y0, angle = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0, np.pi)
+            steps = np.arange(-12, 13) * 5 * s
+            line(zip(x0 + steps * np.cos(angle), y0 + steps * np.sin(angle)), 2.2 * s)
+    elif pattern == "MC":  # mucinous: pale mucin lakes with floating clusters
+        lakes = np.zeros_like(eosin)
+        for _ in range(3):
+            cv2.circle(lakes, (int(rng.uniform(0, width)), int(rng.uniform(0, height))), int(rng.uniform(12, 22) * s), 1.0, -1)
+        eosin = eosin * (1 - 0.85 * cv2.GaussianBlur(lakes, (0, 0), 2))
+        hema *= 1 - 0.9 * lakes
+        for _ in range(3):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            line(zip(cx + rng.normal(0, 3 * s, 10), cy + rng.normal(0, 3 * s, 10)), 3 * s)
+    elif pattern == "PC":  # papillary: fronds lined by tall cells
+        for _ in range(3):
+            x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+            t = np.linspace(0, 1, 30)
+            xs, ys = x0 + t * 60 * s, y0 + 10 * s * np.sin(t * 6)
+            line(zip(xs, ys - 3 * s), 2.6 * s)
+            line(zip(xs, ys + 3 * s), 2.6 * s)
+    return eosin
 
 
 def _lerp(a: float, b: float, t: float) -> float:
