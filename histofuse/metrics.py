@@ -55,6 +55,10 @@ def classification_metrics(
         for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
             out[name] = float(fn(labels, preds, average="macro", labels=list(range(k)), zero_division=0))
         out["specificity"] = _macro_specificity(cm)
+        out["weighted"] = {
+            name: float(fn(labels, preds, average="weighted", labels=list(range(k)), zero_division=0))
+            for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score))
+        }
         out["per_class"] = _per_class(labels, preds, probs, classes)
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)

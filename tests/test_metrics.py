@@ -36,3 +36,4 @@ def test_multiclass_metrics_are_macro_averages():
     assert m["auc"] is not None and len(m["confusion_matrix"]) == 3
     assert m["per_class"]["c"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2, "auc_ovr": 0.75}
     assert m["per_class"]["b"]["precision"] == 0.5
+    assert m["weighted"]["recall"] == pytest.approx(0.75)  # support-weighted recall is accuracy

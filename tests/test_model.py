@@ -132,3 +132,24 @@ def test_magnification_embedding_uses_unknown_for_missing_values(tiny_recipe_dic
     assert torch.allclose(unknown, model(x, torch.zeros(2, dtype=torch.long)))
     assert not torch.allclose(unknown, model(x, torch.tensor([1, 4])))
     assert {id(p) for p in model.magnification.parameters()} <= {id(p) for p in model.head_parameters()}
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_one_or_three_backbones_each_with_its_own_depth_and_rate(tiny_recipe_dict, registry, count):
+    from histofuse.recipe import check_recipe, parse_recipe
+
+    extra = {"name": "cnn2", "source": "timm", "model": "test_efficientnet", "pretrained": False}
+    backbones = tiny_recipe_dict["model"]["backbones"]
+    tiny_recipe_dict["model"]["backbones"] = backbones[:1] if count == 1 else [*backbones, extra]
+    names = [b["name"] for b in tiny_recipe_dict["model"]["backbones"]]
+    depth = {name: i + 1 for i, name in enumerate(names)}
+    tiny_recipe_dict["phases"][1]["unfreeze"] = depth
+    tiny_recipe_dict["phases"][1]["lr"] = {"head": 1e-3, "backbone": 1e-4, names[-1]: 1e-5}
+    recipe = parse_recipe(tiny_recipe_dict)
+    assert check_recipe(recipe, registry) == []
+    model = build_model(recipe, registry, num_classes=2)
+    plan = apply_phase(model, recipe.phases[1])
+    assert plan.unfrozen_groups == depth
+    assert [g["name"] for g in plan.param_groups] == ["head", *names]
+    assert plan.param_groups[-1]["lr"] == 1e-5
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 2)
