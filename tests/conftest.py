@@ -76,7 +76,9 @@ def builtin_pm():
         backbones_timm,
         data_bach,
         data_breakhis,
+        data_folder,
         data_synthetic,
+        data_table,
         defaults,
         fusion_concat,
         fusion_cross_attention,
@@ -88,7 +90,8 @@ def builtin_pm():
 
     return create_plugin_manager(
         entry_points=False,
-        plugins=(backbones_timm, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, stain_reinhard, defaults),
+        plugins=(backbones_timm, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, data_folder, data_table,
+                 stain_reinhard, defaults),
     )
 
 

@@ -25,7 +25,7 @@ def test_builtins_register_every_component_kind(registry):
     assert registry.names("backbone") == ["timm"]
     assert registry.names("fusion") == ["concat", "cross_attention", "gated"]
     assert registry.names("normalizer") == ["reinhard"]
-    assert registry.names("dataset") == ["bach", "breakhis", "synthetic"]
+    assert registry.names("dataset") == ["bach", "breakhis", "csv", "folder", "synthetic"]
 
 
 def test_a_name_claimed_twice_is_an_error_naming_both_plugins():
@@ -45,7 +45,7 @@ def test_unknown_name_lists_known_names_and_the_closest_match(registry):
     message = str(info.value)
     assert "unknown dataset 'breakhs'" in message
     assert "Did you mean 'breakhis'?" in message
-    assert "Registered datasets: bach, breakhis, synthetic" in message
+    assert "Registered datasets: bach, breakhis, csv, folder, synthetic" in message
 
 
 def test_a_hook_that_raises_marks_its_plugin_broken_without_breaking_others():
