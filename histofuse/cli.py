@@ -37,6 +37,22 @@ def _add_weights_commands() -> None:
 
 _add_weights_commands()
 
+plugin_app = typer.Typer(help="Start a plugin of your own.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+
+@plugin_app.command("new")
+def plugin_new(
+    name: str = typer.Argument(..., help="Component name, e.g. my_lab (lowercase, digits, underscores)."),
+    kind: str = typer.Option("dataset", "--kind", help="dataset, normalizer, fusion or backbone."),
+    out: Path = typer.Option(Path("."), "--out", help="Parent folder of the new package."),
+) -> None:
+    """Write an installable plugin package (pyproject entry point, module, test, README) that passes its test."""
+    from histofuse.scaffold.new import write_plugin
+
+    folder = write_plugin(name, kind, out)
+    console.print(f"wrote {folder}; next: cd {folder} && pip install -e \".[dev]\" && python -m pytest -q", markup=False)
+
 SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. --set phases[0].epochs=2 (repeatable).")
 
 

@@ -1,0 +1,1 @@
+"""``histofuse plugin new``: a small, installable plugin package that passes its own test."""
