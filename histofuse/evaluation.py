@@ -147,6 +147,7 @@ def evaluate_frame(
     bootstrap: int,
     seed: int,
     run_dir: Path | None,
+    by: list[str] = ("magnification",),
     write: bool,
 ) -> dict:
     """Metrics for one set; writes predictions (and QC scores) under ``run_dir`` when ``write``."""
@@ -173,17 +174,20 @@ def evaluate_frame(
     )
     metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, threshold)
     metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
-    if "magnification" in rows:
-        metrics["per_magnification"] = {
-            str(m): classification_metrics(labels[(rows["magnification"] == m).to_numpy()], probs[(rows["magnification"] == m).to_numpy()], classes, threshold)
-            for m in sorted(rows["magnification"].unique())
-        }
+    for column in by:
+        if column in rows:
+            values = rows[column].astype(str).to_numpy()
+            metrics[f"per_{column}"] = {
+                value: classification_metrics(labels[values == value], probs[values == value], classes, threshold)
+                for value in sorted(set(values))
+            }
     if color_baseline is not None and result.color is not None:
         baseline = ColorBaseline.from_json(color_baseline)
         color_probs = baseline.predict_proba(result.color, len(classes))
         metrics["color_baseline"] = {k: v for k, v in classification_metrics(labels, color_probs, classes).items() if k in ("auc", "accuracy", "balanced_accuracy")}
     if write and run_dir is not None:
-        out = rows[[c for c in ("path", "group", "label", "subtype", "magnification") if c in rows]].copy()
+        keep = ["path", "group", "label", "subtype", *[c for c in by if c not in ("path", "group", "label", "subtype")]]
+        out = rows[[c for c in keep if c in rows]].copy()
         for i, cls in enumerate(classes):
             out[f"prob_{cls}"] = probs[:, i]
         predicted = probs.argmax(1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
@@ -265,6 +269,7 @@ class Evaluator:
             name=name, frame=frame, classes=self.classes, calibration=self.calibration(tta),
             color_baseline=self.state.color_baseline, predict_frame=self.predict_frame, tta=tta,
             normalize=normalize, qc=qc, bootstrap=self.recipe.evaluation.bootstrap, seed=self.recipe.seed,
+            by=self.recipe.evaluation.by,
             run_dir=self.run_dir, write=self.accelerator.is_main_process,
         )
         self.console.print(summary_line(metrics), markup=False)

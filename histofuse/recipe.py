@@ -161,6 +161,7 @@ class EvaluationConfig(_Section):
     temperature_scaling: bool = False
     bootstrap: int = Field(1000, ge=0, le=100_000)
     color_baseline: bool = True
+    by: list[str] = Field(default_factory=lambda: ["magnification"], description="dataset columns to break metrics down by")
     normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
 
     @model_validator(mode="after")

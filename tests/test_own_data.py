@@ -107,3 +107,26 @@ def test_a_recipe_trains_on_a_folder_of_your_own(tmp_path, tiny_recipe_dict, syn
     assert result.exit_code == 0, result.output
     split = pd.read_csv(only_run_dir(tmp_path / "runs") / "split.csv", dtype=str)
     assert split.groupby("group")["split"].nunique().max() == 1 and split["group"].nunique() == 8
+
+
+def test_extra_table_columns_give_metrics_per_value(tmp_path, tiny_recipe_dict, synthetic_root):
+    import json
+
+    from conftest import write_toml
+    from test_run import only_run_dir, run_cli
+
+    rows = []
+    for path in sorted(synthetic_root.rglob("*.png")):
+        patient = path.name.split("-")[2]
+        rows.append({"path": str(path), "label": "malignant" if "/malignant/" in path.as_posix() else "benign",
+                     "group": patient, "site": "north" if int(patient[:5]) % 2 else "south"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    tiny_recipe_dict["data"].update(dataset="csv", root=str(tmp_path / "table.csv"), options={})
+    tiny_recipe_dict["phases"] = tiny_recipe_dict["phases"][:1]
+    tiny_recipe_dict["evaluation"] = {"by": ["site"]}
+    recipe = write_toml(tmp_path / "t.toml", tiny_recipe_dict)
+    assert run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")]).exit_code == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert set(metrics["per_site"]) <= {"north", "south"} and sum(m["n"] for m in metrics["per_site"].values()) == metrics["n"]
+    assert "site" in pd.read_csv(run_dir / "predictions.csv").columns
