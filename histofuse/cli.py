@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from histofuse.errors import HistofuseError
+from histofuse.weights_cli import weights_app
 
 console = Console(soft_wrap=True)  # long paths stay on one line, greppable
 err_console = Console(stderr=True, soft_wrap=True)
@@ -29,13 +30,7 @@ recipe_app = typer.Typer(help="Work with recipe files.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
 
-def _add_weights_commands() -> None:
-    from histofuse.weights_cli import weights_app
-
-    app.add_typer(weights_app, name="weights")
-
-
-_add_weights_commands()
+app.add_typer(weights_app, name="weights")
 
 plugin_app = typer.Typer(help="Start a plugin of your own.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")

@@ -53,8 +53,7 @@ def scan_dataset(registry, dataset: str, root: Path, options: list[str]):
 
 
 def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_only, seed) -> dict:
-    from histofuse.data.decode import decode_image
-    from histofuse.errors import ImageDecodeError
+    from histofuse.data.decode import decoded_images
 
     table = scan_dataset(registry, dataset, root, options)
     paths = table["path"].tolist()
@@ -64,14 +63,7 @@ def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_onl
     normalizer_options = {"tissue_only": True} if tissue_only else {}
     normalizer = spec.build(**validate_options(spec, normalizer_options))
 
-    def images():
-        for path in paths:
-            try:
-                yield decode_image(path)
-            except ImageDecodeError:
-                continue
-
-    state = normalizer.fit(images())
+    state = normalizer.fit(rgb for _, rgb in decoded_images(paths))
     return {"name": name, "options": normalizer_options, "dataset": dataset, "root": str(root), "images": len(paths), "state": state}
 
 

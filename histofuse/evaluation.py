@@ -17,8 +17,8 @@ import pandas as pd
 
 from histofuse.calibration import expected_calibration_error, fit_temperature, softmax, youden_threshold
 from histofuse.color_baseline import ColorBaseline, lab_stats
-from histofuse.data.decode import decode_image
-from histofuse.errors import DataError, ImageDecodeError
+from histofuse.data.decode import decode_image, decoded_images
+from histofuse.errors import DataError
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 from histofuse.qc import QCThresholds, qc_summary, run_qc
 from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
@@ -64,13 +64,9 @@ def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes
     stats, kept = [], []
 
     def images():
-        for path, label in zip(paths, labels):
-            try:
-                rgb = decode_image(path)
-            except ImageDecodeError:
-                continue  # already reported during training
+        for position, rgb in decoded_images(paths):  # unreadable ones were reported during training
             stats.append(lab_stats(rgb))
-            kept.append(label)
+            kept.append(labels[position])
             yield rgb
 
     console.print(f"fitting on {len(paths)} training images: " + ", ".join(
@@ -196,14 +192,6 @@ def evaluate_frame(
     return metrics
 
 
-def _decodable(paths):
-    for path in paths:
-        try:
-            yield decode_image(path)
-        except ImageDecodeError:
-            continue
-
-
 def build_normalizer(registry, saved: dict | None):
     if saved is None:
         return None
@@ -242,7 +230,7 @@ class Evaluator:
         if normalize and self.normalizer is None:
             raise DataError("this run has no fitted stain normalizer; add normalize = true to an [[evaluate]] block of the recipe")
         if normalize and hasattr(self.normalizer, "adapt"):
-            self.normalizer.adapt(_decodable(frame["path"]))
+            self.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
         dataset = ImageTable(
             frame, self.classes, self.transform, preprocess=self.normalizer.transform if normalize else None,
             color_stats=self.state.color_baseline is not None,

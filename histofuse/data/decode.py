@@ -40,6 +40,19 @@ def decode_image(path: str | Path) -> np.ndarray:
     return to_rgb8(image, str(path))
 
 
+def decoded_images(paths):
+    """(position, RGB image) for each path that decodes; unreadable files are skipped.
+
+    For streaming passes (stain statistics, baselines) over files the run has
+    already checked and reported: one bad file must not stop a fit.
+    """
+    for position, path in enumerate(paths):
+        try:
+            yield position, decode_image(path)
+        except ImageDecodeError:
+            continue
+
+
 def to_rgb8(image: np.ndarray, where: str = "image") -> np.ndarray:
     """Convert an OpenCV-decoded array (BGR order, any depth, 1-4 channels) to RGB uint8."""
     if image.dtype == np.uint16:
