@@ -76,15 +76,22 @@ def _load(recipe_path: Path, overrides: Optional[List[str]]):
 
 @app.command()
 def run(
-    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML file (omit with --resume)."),
     set_: Optional[List[str]] = SetOption,
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help="Parent folder of the run directory."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue this run directory from its last complete epoch checkpoint."
+    ),
 ) -> None:
     """Train a recipe's phases, then evaluate the best weights on the test split."""
     from histofuse.run import run_recipe
 
+    if resume is not None:
+        recipe = _resumable_recipe(resume, recipe, set_)
+    elif recipe is None:
+        raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     parsed, registry, _ = _load(recipe, set_)
-    run_dir = run_recipe(parsed, registry, output_dir, console)
+    run_dir = run_recipe(parsed, registry, output_dir, console, resume=resume)
     if console.quiet:
         return
     import json
@@ -95,6 +102,19 @@ def run(
         if "error" in entry:
             err_console.print(Text.assemble((f"evaluation set '{name}' failed: ", "bold red"), entry["error"]))
     console.print(f"[green]done[/]: {escape(str(run_dir))}")
+
+
+def _resumable_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional[List[str]]) -> Path:
+    """A resumed run keeps the recipe it was started with: the one saved in its directory."""
+    if recipe is not None or overrides:
+        raise typer.BadParameter(
+            "--resume continues a run with the recipe saved in it; give no recipe file and no --set",
+            param_hint="--resume",
+        )
+    saved = run_dir / "recipe.toml"
+    if not saved.is_file():
+        raise typer.BadParameter(f"'{run_dir}' is not a run directory (it has no recipe.toml)", param_hint="--resume")
+    return saved
 
 
 @recipe_app.command("check")

@@ -83,5 +83,10 @@ def on_epoch_end(run_dir, record):
 
 
 @hookspec
+def on_phase_end(run_dir, phase_index, phase, model, process_index):
+    """Called on every process after a phase, with the plain (unwrapped) model as that phase left it."""
+
+
+@hookspec
 def on_fit_end(run_dir, metrics):
     """Called once after the test split was evaluated, with its metrics."""

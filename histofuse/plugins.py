@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -63,6 +65,19 @@ class PluginManager(pluggy.PluginManager):
                     self.failures.append(PluginFailure(ep.name, label, f"{type(exc).__name__}: {exc}"))
 
 
+    def load_modules(self, names: list[str]) -> None:
+        """Register modules named in ``HISTOFUSE_PLUGINS``: a plugin in development, used without installing it."""
+        for name in names:
+            try:
+                self.register_plugin(importlib.import_module(name), name, "HISTOFUSE_PLUGINS")
+                self.check_pending()
+            except pluggy.PluginValidationError as exc:
+                self.unregister(name=name)
+                self.failures.append(PluginFailure(name, "HISTOFUSE_PLUGINS", f"invalid plugin: {exc}"))
+            except Exception as exc:
+                self.failures.append(PluginFailure(name, "HISTOFUSE_PLUGINS", f"{type(exc).__name__}: {exc}"))
+
+
 def create_plugin_manager(
     *, entry_points: bool = True, plugins: tuple[ModuleType | object, ...] = ()
 ) -> PluginManager:
@@ -73,5 +88,6 @@ def create_plugin_manager(
         pm.register_plugin(plugin, name)
     if entry_points:
         pm.load_entry_points()
+        pm.load_modules([n.strip() for n in os.environ.get("HISTOFUSE_PLUGINS", "").split(",") if n.strip()])
     pm.check_pending()
     return pm

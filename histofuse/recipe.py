@@ -125,6 +125,15 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class CheckpointConfig(_Section):
+    enabled: bool = True
+    keep: int = Field(2, ge=1, le=1000, description="complete epoch checkpoints kept; older ones are deleted")
+    keep_after_run: bool = Field(False, description="keep them once the run has finished (model.safetensors stays)")
+
+
+Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"]
+
+
 class TrainingConfig(_Section):
     weight_decay: float = Field(1e-5, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -137,6 +146,8 @@ class TrainingConfig(_Section):
     restore_best_between_phases: bool = True
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log_with: list[Tracker] = Field(default_factory=list, description="Accelerate trackers, besides history.csv")
 
 
 class QCConfig(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -107,18 +108,23 @@ def make_accelerator(recipe: Recipe):
     return accelerator
 
 
-def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) -> Path:
-    """Train and test ``recipe``; return its run directory."""
+def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, resume: Path | None = None) -> Path:
+    """Train and test ``recipe``; return its run directory. With ``resume``, continue that run from its last checkpoint."""
     import torch
     from accelerate.utils import set_seed
 
     from histofuse.data.loading import ImageTable, class_weights, default_num_workers, make_loader
     from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
+    from histofuse.training.epoch_checkpoint import FOLDER as CHECKPOINTS
+    from histofuse.training.epoch_checkpoint import latest_checkpoint
+    from histofuse.training.history import History
+    from histofuse.training.trackers import Trackers, check_trackers
     from histofuse.training.trainer import Trainer
 
     started = time.perf_counter()
     hooks = registry.pm.hook
+    check_trackers(recipe.training.log_with)
     accelerator = make_accelerator(recipe)
     if not accelerator.is_main_process:
         console.quiet = True  # one process talks
@@ -128,11 +134,22 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
         check_external_sets(recipe, registry, classes)
     table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
 
-    run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
-    run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
-    if accelerator.is_main_process:
-        (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
-        table.to_csv(run_dir / "split.csv", index=False)
+    checkpoint = None
+    if resume is not None:
+        run_dir = resume
+        check_same_split(table, run_dir)
+        if (run_dir / "metrics.json").exists() and not (run_dir / CHECKPOINTS).exists():
+            raise HistofuseError(f"{run_dir} has finished (metrics.json is written); there is nothing to resume")
+        checkpoint = latest_checkpoint(run_dir, lambda message: console.print(f"warning: {message}", markup=False))
+        console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
+        History(run_dir / "history.csv", accelerator.is_main_process).truncate(checkpoint.state.epoch)
+    else:
+        run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
+        run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
+        if accelerator.is_main_process:
+            (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
+            table.to_csv(run_dir / "split.csv", index=False)
+    accelerator.wait_for_everyone()  # nobody rewrites history.csv while another process still reads the run
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
     console.print(_split_summary(table, classes), markup=False)
 
@@ -170,7 +187,8 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
     trainer = Trainer(
         model=model, recipe=recipe, classes=classes, accelerator=accelerator, make_train_loader=make_train_loader,
         val_loader=make_eval_loader(frames["val"]), criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
-        console=console, dataset_size=len(table),
+        console=console, dataset_size=len(table), resume=checkpoint,
+        trackers=Trackers(recipe.training.log_with, run_dir, recipe.name, recipe.model_dump(mode="json"), accelerator.is_main_process),
     )
     state = trainer.fit()
     if not state.best_epoch:
@@ -187,9 +205,28 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console) ->
         failed_images=sorted({*state.failed, *metrics["test"]["failed_images"]}), seconds=time.perf_counter() - started,
     )
     _write_metrics(accelerator, run_dir, metrics)
+    trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=state.epoch)
+    trainer.trackers.finish()
     hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
+    if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
+        # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     accelerator.end_training()
     return run_dir
+
+
+def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:
+    """A resumed run must train on the images and patient split it started with."""
+    try:
+        saved = pd.read_csv(run_dir / "split.csv", usecols=["path", "split"], dtype=str)
+    except (OSError, ValueError) as exc:
+        raise HistofuseError(f"cannot read {run_dir / 'split.csv'} to resume: {exc}") from None
+    now = table[["path", "split"]].astype(str).reset_index(drop=True)
+    if not now.equals(saved.reset_index(drop=True)):
+        raise DataError(
+            f"the dataset no longer matches the run's split.csv ({len(saved)} images then, {len(now)} now, or images "
+            f"moved between splits): resuming would mix patients across splits. Restore the data, or start a new run."
+        )
 
 
 def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console) -> dict:

@@ -9,9 +9,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from histofuse.data.decode import decode_image
+from histofuse.data.sampling import EpochSampler
 from histofuse.errors import ImageDecodeError
 
 log = logging.getLogger("histofuse")
@@ -50,13 +51,19 @@ class ImageTable(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key`` is an index, or an (index, augmentation seed) pair from :class:`EpochSampler`."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         try:
             image = decode_image(self.paths[i])
         except ImageDecodeError as exc:
             return {"index": i, "error": exc.reason, "path": self.paths[i]}
         if self.preprocess is not None:
             image = self.preprocess(image)
+        # Transforms with their own random state (albumentations) say so with set_random_seed.
+        reseed = getattr(self.transform, "set_random_seed", None)
+        if seed is not None and reseed is not None:
+            reseed(seed)
         sample = {"index": i, "image": self.transform(image), "label": self.labels[i]}
         if self.magnification is not None:
             sample["magnification"] = self.magnification[i]
@@ -86,13 +93,6 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    """Per-sample weights that make every class equally likely to be drawn."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    per_class = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
-    return torch.as_tensor(per_class[labels], dtype=torch.double)
-
-
 def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     """scikit-learn's 'balanced' weights: n_samples / (n_classes * count)."""
     from sklearn.utils.class_weight import compute_class_weight
@@ -108,20 +108,6 @@ def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _seed_transform(dataset: ImageTable, seed: int) -> None:
-    # Transforms with their own random state (albumentations) say so with set_random_seed.
-    reseed = getattr(dataset.transform, "set_random_seed", None)
-    if reseed is not None:
-        reseed(seed % 2**32)
-
-
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    # torch gives each worker base_seed + id, with base_seed drawn from the loader's generator:
-    # distinct per worker, reproducible per run.
-    _seed_transform(info.dataset, info.seed)
-
-
 def make_loader(
     dataset: ImageTable,
     batch_size: int,
@@ -131,18 +117,11 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
-    """A loader whose sampling and augmentation are reproducible from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    if num_workers == 0:
-        _seed_transform(dataset, seed)
-    sampler = None
-    if train and balanced:
-        weights = balanced_sample_weights(dataset.labels, max(dataset.labels) + 1)
-        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+    """A loader; in training its :class:`EpochSampler` (``loader.sampler``) makes each epoch reproducible from ``seed``."""
+    sampler = EpochSampler(dataset.labels, balanced=balanced, seed=seed) if train else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
@@ -150,7 +129,5 @@ def make_loader(
         drop_last=train and len(dataset) > batch_size,
         # Training reuses its workers every epoch; an evaluation loader is iterated once.
         persistent_workers=train and num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
-        generator=generator,
         pin_memory=torch.cuda.is_available(),
     )

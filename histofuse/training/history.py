@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 
@@ -11,6 +12,22 @@ class History:
         self.path = path
         self.write = write
         self.records: list[dict] = []
+
+    def truncate(self, last_epoch: int) -> None:
+        """Keep the rows up to ``last_epoch``: a resumed run rewrites the epochs after its checkpoint."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= last_epoch]
+        if self.write and rows:
+            tmp = self.path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
+        elif self.write:
+            self.path.unlink()
 
     def add(self, **record) -> dict:
         self.records.append(record)

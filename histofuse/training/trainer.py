@@ -4,34 +4,28 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from rich.markup import escape
 from torch import nn
 from torch.utils.data import DataLoader
 
-from histofuse.errors import DataError
+from histofuse.data.sampling import epoch_seed
+from histofuse.errors import DataError, HistofuseError
 from histofuse.metrics import classification_metrics, monitor_value
 from histofuse.model import HybridModel, apply_phase
 from histofuse.recipe import PhaseConfig, Recipe
 from histofuse.training.accel import prepare_phase, release
 from histofuse.training.checkpoint import load_weights, save_weights
+from histofuse.training.epoch_checkpoint import Checkpoint, TrainingState, save_checkpoint
 from histofuse.training.history import History
 from histofuse.training.predict import Predictions, predict
 from histofuse.training.progress import EpochProgress
-
-
-@dataclass
-class FitState:
-    best: float = -math.inf
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    epoch: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
+from histofuse.training.trackers import Trackers
 
 
 class Trainer:
@@ -52,6 +46,8 @@ class Trainer:
         meta: dict,
         console,
         dataset_size: int,
+        trackers: Trackers,
+        resume: Checkpoint | None = None,
     ):
         self.model = model
         self.recipe = recipe
@@ -67,32 +63,53 @@ class Trainer:
         self.console = console
         self.dataset_size = dataset_size
         self.history = History(run_dir / "history.csv", accelerator.is_main_process)
-        self.state = FitState()
+        self.trackers = trackers
+        self.resume = resume
+        self.state = resume.state if resume else TrainingState()
         # Minimising the loss is maximising its negative; one comparison serves every monitor.
         self.sign = -1.0 if self.training.monitor == "val_loss" else 1.0
 
-    def fit(self) -> FitState:
+    def fit(self) -> TrainingState:
         self.hooks.on_fit_start(run_dir=self.run_dir, recipe=self.recipe)
-        for index, phase in enumerate(self.recipe.phases):
-            if index and self.training.restore_best_between_phases and self.state.best_epoch:
+        first = 0
+        if self.resume:
+            self.resume.load_model(self.model)
+            first = self.state.phase_index + int(self.state.phase_done)
+        for index in range(first, len(self.recipe.phases)):
+            continuing = self.resume is not None and index == self.state.phase_index and not self.state.phase_done
+            if index and not continuing and self.training.restore_best_between_phases and self.state.best_epoch:
                 load_weights(self.model, self.run_dir)
-            self._run_phase(index, phase)
+            self._run_phase(index, self.recipe.phases[index], continuing)
+        self.resume = None
         return self.state
 
-    def _run_phase(self, index: int, phase: PhaseConfig) -> None:
+    def _run_phase(self, index: int, phase: PhaseConfig, continuing: bool) -> None:
         plan = apply_phase(self.model, phase, f"phases[{index}]")
         optimizer = self.hooks.make_optimizer(param_groups=plan.param_groups, training=self.training)
         scheduler = self.hooks.make_scheduler(optimizer=optimizer, training=self.training)
         model, optimizer, train_loader, val_loader = prepare_phase(
             self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
+        state = self.state
+        if continuing:
+            # After prepare: the optimizer state then lands on the model's device.
+            self.resume.load_optimizer_and_scheduler(optimizer, scheduler)
+            first, stale = state.phase_epoch + 1, state.stale
+            self.accelerator.print(f"resuming phase '{phase.name}' at its epoch {first} (run epoch {state.epoch + 1})")
+        else:
+            first, stale = 1, 0
+            state.phase_index, state.phase_epoch, state.phase_done = index, 0, False
         self.accelerator.print(
             f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "
-            f"trainable {_describe(plan.trainable)}, lr " + ", ".join(f"{g['name']} {g['lr']:g}" for g in plan.param_groups)
+            f"trainable {_describe(plan.trainable)}, lr "
+            + ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups)
         )
-        stale = 0
-        for phase_epoch in range(1, phase.epochs + 1):
-            self.state.epoch += 1
+        for phase_epoch in range(first, phase.epochs + 1):
+            state.epoch += 1
+            # Samples, augmentations and dropout follow from (seed, epoch) alone: a resumed run repeats them exactly.
+            # The prepared loader passes this to its EpochSampler; left alone it would count its own epochs from 0.
+            train_loader.set_epoch(state.epoch)
+            set_seed(epoch_seed(self.recipe.seed, state.epoch), device_specific=True)
             started = time.perf_counter()
             train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
             val = self.predict(model, val_loader)
@@ -104,27 +121,56 @@ class Trainer:
             scheduler.step(score)
             improved = self._improves(score, val.loss)
             if improved:
-                self.state.best, self.state.best_loss, self.state.best_epoch, stale = score, val.loss, self.state.epoch, 0
+                state.best, state.best_loss, state.best_epoch, stale = score, val.loss, state.epoch, 0
                 if self.accelerator.is_main_process:
                     # keep_fp32_wrapper=True: only the state dict is saved; the live model must keep its autocast.
                     unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
-                    save_weights(unwrapped, self.run_dir, {**self.meta, "epoch": self.state.epoch, "monitor": self.training.monitor, "best": score})
-                self.accelerator.wait_for_everyone()  # nobody reads the best weights before they are written
+                    save_weights(unwrapped, self.run_dir, {**self.meta, "epoch": state.epoch, "monitor": self.training.monitor, "best": score})
             else:
                 stale += 1
+            early = self.training.early_stopping
+            stop_early = early.enabled and stale >= early.patience and phase_epoch < phase.epochs
+            state.phase_epoch, state.stale = phase_epoch, stale
+            state.phase_done = stop_early or phase_epoch == phase.epochs
             record = self.history.add(
-                phase=phase.name, phase_index=index, epoch=self.state.epoch, phase_epoch=phase_epoch,
+                phase=phase.name, phase_index=index, epoch=state.epoch, phase_epoch=phase_epoch,
                 train_loss=train_loss, val_loss=val.loss, val_auc=metrics["auc"], val_accuracy=metrics["accuracy"],
                 val_balanced_accuracy=metrics["balanced_accuracy"], **self._learning_rates(optimizer),
-                seconds=time.perf_counter() - started, failed_images=len(self.state.failed), best=improved,
+                seconds=time.perf_counter() - started, failed_images=len(state.failed), best=improved,
             )
+            self._save_checkpoint(model, optimizer, scheduler)
             self.accelerator.print(self.history.format(record))  # plain print: no markup to misread
+            self.trackers.log(record, step=state.epoch)
             self.hooks.on_epoch_end(run_dir=self.run_dir, record=record)
-            early = self.training.early_stopping
-            if early.enabled and stale >= early.patience and phase_epoch < phase.epochs:
+            if stop_early:
                 self.accelerator.print(f"early stopping: no improvement in {stale} epochs; ending phase '{phase.name}'")
                 break
+        self._check_processes_agree(model, phase.name)
         self.model = release(self.accelerator, model)
+        self.hooks.on_phase_end(
+            run_dir=self.run_dir, phase_index=index, phase=phase, model=self.model,
+            process_index=self.accelerator.process_index,
+        )
+
+    def _save_checkpoint(self, model, optimizer, scheduler) -> None:
+        """Best weights and the epoch checkpoint are complete on disk before any process moves on."""
+        if self.training.checkpoints.enabled and self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
+            save_checkpoint(self.run_dir, self.state, unwrapped, optimizer, scheduler, self.training.checkpoints.keep)
+        self.accelerator.wait_for_everyone()
+
+    def _check_processes_agree(self, model, phase_name: str) -> None:
+        """Every process must end a phase with the same weights; a drift means a synchronisation bug."""
+        if self.accelerator.num_processes == 1:
+            return
+        params = [p for p in self.accelerator.unwrap_model(model).parameters() if p.requires_grad]
+        fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in params])
+        everyone = self.accelerator.gather(fingerprint[None])
+        if not all(torch.equal(everyone[0], other) for other in everyone[1:]):
+            raise HistofuseError(
+                f"after phase '{phase_name}' the processes hold different weights: the distributed setup did not "
+                "synchronise gradients. Check the launcher (docs/training.md, several processes)."
+            )
 
     def _train_epoch(self, model, optimizer, loader, phase: PhaseConfig, phase_epoch: int) -> float:
         model.train()

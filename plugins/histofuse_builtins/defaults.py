@@ -50,7 +50,7 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int, st
 
 
 class AlbumentationsTransform:
-    """RGB uint8 -> float tensor in [0, 1]; ``set_random_seed`` lets histofuse seed each worker and phase."""
+    """RGB uint8 -> float tensor in [0, 1]; ``set_random_seed`` lets histofuse seed each training sample."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline

@@ -1,0 +1,56 @@
+"""A plugin the distributed and resume tests load through HISTOFUSE_PLUGINS.
+
+HISTOFUSE_PROBE_DUMP=1: after each phase, every process saves its model's
+state dict (and which parameters trained) under RUN_DIR/probe/.
+HISTOFUSE_PROBE_KILL="PHASE:STEP": the process sends itself SIGKILL at that
+optimizer step of that phase (0-based phase), mid-epoch, like a cluster
+scheduler would. The optimizer is otherwise exactly the built-in AdamW.
+"""
+
+import json
+import os
+import signal
+
+import torch
+
+import histofuse
+
+_phase = {"index": -1}
+
+
+class KillableAdamW(torch.optim.AdamW):
+    def __init__(self, *args, kill_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kill_at = kill_at
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        if self.kill_at is not None and self.steps == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(closure)
+
+
+@histofuse.hookimpl
+def make_optimizer(param_groups, training):
+    _phase["index"] += 1
+    kill = os.environ.get("HISTOFUSE_PROBE_KILL")
+    kill_at = None
+    if kill:
+        phase, step = (int(v) for v in kill.split(":"))
+        kill_at = step if phase == _phase["index"] else None
+    return KillableAdamW(param_groups, weight_decay=training.weight_decay, kill_at=kill_at)
+
+
+@histofuse.hookimpl
+def on_phase_end(run_dir, phase_index, phase, model, process_index):
+    if os.environ.get("HISTOFUSE_PROBE_DUMP") != "1":
+        return
+    from safetensors.torch import save_file
+
+    folder = run_dir / "probe"
+    folder.mkdir(exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / f"phase{phase_index}-rank{process_index}.safetensors"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    (folder / f"phase{phase_index}-trainable.json").write_text(json.dumps(trainable))
