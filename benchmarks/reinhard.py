@@ -69,13 +69,13 @@ def errors(outputs, references) -> tuple[float, float]:
     return float(np.mean([d.mean() for d in diffs])), float(max(d.max() for d in diffs))
 
 
-def torchstain_run(python: str, images, target, repeats):
+def torchstain_run(python: str, images, target, repeats, method: str = "reinhard"):
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "images.npz", *images)
         np.save(Path(tmp) / "target.npy", target)
         worker = Path(__file__).with_name("_torchstain_worker.py")
         subprocess.run(
-            [python, str(worker), str(Path(tmp) / "images.npz"), str(Path(tmp) / "target.npy"), str(repeats), str(Path(tmp) / "out.npz")],
+            [python, str(worker), str(Path(tmp) / "images.npz"), str(Path(tmp) / "target.npy"), str(repeats), str(Path(tmp) / "out.npz"), method],
             check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
         )
         data = np.load(Path(tmp) / "out.npz")

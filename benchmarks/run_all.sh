@@ -20,6 +20,12 @@ fi
     python benchmarks/reinhard.py --torchstain-python "$TS_ENV/bin/python"
     echo '```'
     echo
+    echo "## Macenko and Vahadane stain normalization"
+    echo
+    echo '```'
+    python benchmarks/stain_matrix.py --torchstain-python "$TS_ENV/bin/python"
+    echo '```'
+    echo
     echo "## Fusion heads"
     echo
     echo '```'

@@ -60,7 +60,9 @@ def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_onl
     if sample and sample < len(paths):
         paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), sample, replace=False))]
     spec = registry.get("normalizer", name)
-    normalizer_options = {"tissue_only": True} if tissue_only else {}
+    # Stain-matrix methods always measure tissue only; the flag is for those that offer the choice.
+    offers_choice = spec.options is not None and "tissue_only" in spec.options.model_fields
+    normalizer_options = {"tissue_only": True} if tissue_only and offers_choice else {}
     normalizer = spec.build(**validate_options(spec, normalizer_options))
 
     state = normalizer.fit(rgb for _, rgb in decoded_images(paths))

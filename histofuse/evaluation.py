@@ -192,6 +192,14 @@ def evaluate_frame(
     return metrics
 
 
+def make_eval_transform(hooks, data):
+    """Resize and centre-crop as the recipe's data section says; no randomness."""
+    return hooks.make_transforms(
+        stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0,
+        stain_jitter_method="hestain",
+    )
+
+
 def build_normalizer(registry, saved: dict | None):
     if saved is None:
         return None
@@ -221,18 +229,20 @@ class Evaluator:
         self.normalizer = build_normalizer(registry, state.normalizer)
         data = recipe.data
         self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
-        self.transform = registry.pm.hook.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0)
+        self.transform = make_eval_transform(registry.pm.hook, data)
 
-    def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool):
+    def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool, normalizer=None):
+        """Predictions for ``frame``; ``normalize`` uses the run's normalizer, or ``normalizer`` when given."""
         from histofuse.data.loading import ImageTable, make_loader
         from histofuse.training.predict import predict
 
-        if normalize and self.normalizer is None:
+        normalizer = normalizer or self.normalizer
+        if normalize and normalizer is None:
             raise DataError("this run has no fitted stain normalizer; add normalize = true to an [[evaluate]] block of the recipe")
-        if normalize and hasattr(self.normalizer, "adapt"):
-            self.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
+        if normalize and hasattr(normalizer, "adapt"):
+            normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
         dataset = ImageTable(
-            frame, self.classes, self.transform, preprocess=self.normalizer.transform if normalize else None,
+            frame, self.classes, self.transform, preprocess=normalizer.transform if normalize else None,
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
         )

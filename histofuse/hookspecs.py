@@ -55,7 +55,7 @@ def validate_recipe(recipe):
 
 
 @hookspec(firstresult=True)
-def make_transforms(stage, strength, image_size, resize, stain_jitter):
+def make_transforms(stage, strength, image_size, resize, stain_jitter, stain_jitter_method):
     """Return a callable ``image -> float tensor (3, H, W) in [0, 1]`` for ``stage`` ('train' or 'eval'); None defers."""
 
 

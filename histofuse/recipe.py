@@ -111,6 +111,7 @@ class PhaseConfig(_Section):
     lr: LearningRates
     augment: Literal["strong", "medium", "light", "none"] = "strong"
     stain_jitter: float = Field(0.0, ge=0, le=1)
+    stain_jitter_method: Literal["hestain", "macenko"] = "hestain"
 
 
 class PlateauConfig(_Section):
@@ -174,6 +175,9 @@ class EvaluationConfig(_Section):
     color_baseline: bool = True
     by: list[str] = Field(default_factory=lambda: ["magnification"], description="dataset columns to break metrics down by")
     normalizer: NormalizerConfig = Field(default_factory=NormalizerConfig)
+    compare_normalizers: list[str] = Field(
+        default_factory=list, description="also evaluate the test split and every [[evaluate]] set under each of these"
+    )
 
     @model_validator(mode="after")
     def _threshold_is_a_probability(self) -> "EvaluationConfig":
@@ -486,6 +490,8 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
         normalizer = known("normalizer", normalizer_cfg.name, "evaluation.normalizer.name")
         if normalizer is not None:
             problems += check_options(normalizer, normalizer_cfg.options, "evaluation.normalizer.options")
+    for i, name in enumerate(recipe.evaluation.compare_normalizers):
+        known("normalizer", name, f"evaluation.compare_normalizers[{i}]")
     set_names = [e.name for e in recipe.evaluate]
     for i, external in enumerate(recipe.evaluate):
         if set_names.count(external.name) > 1 and set_names.index(external.name) < i or external.name == "test":

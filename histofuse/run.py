@@ -114,6 +114,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     from accelerate.utils import set_seed
 
     from histofuse.data.loading import ImageTable, class_weights, default_num_workers, make_loader
+    from histofuse.evaluation import make_eval_transform
     from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
     from histofuse.training.epoch_checkpoint import FOLDER as CHECKPOINTS
@@ -159,7 +160,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     data = recipe.data
     workers = data.num_workers if data.num_workers is not None else default_num_workers()
     eval_batch = data.eval_batch_size or data.batch_size
-    eval_transform = hooks.make_transforms(stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0)
+    eval_transform = make_eval_transform(hooks, data)
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
 
     magnifications = recipe.model.magnification.values if recipe.model.magnification.enabled else None
@@ -167,7 +168,8 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     def make_train_loader(phase_index: int, strength: str):
         phase = recipe.phases[phase_index]
         transform = hooks.make_transforms(
-            stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter
+            stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter,
+            stain_jitter_method=phase.stain_jitter_method,
         )
         dataset = ImageTable(frames["train"], classes, transform, magnifications=magnifications)
         balanced = recipe.training.sampler == "balanced"
@@ -259,7 +261,31 @@ def evaluate_after_training(*, recipe, registry, accelerator, model, classes, fr
             console.print(f"error: evaluation set '{external.name}' failed: {exc}", markup=False)
             metrics[external.name] = {"name": external.name, "error": str(exc)}
         _write_metrics(accelerator, run_dir, metrics)
+    if recipe.evaluation.compare_normalizers:
+        compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, run_dir, console)
     return metrics
+
+
+def compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, run_dir, console) -> None:
+    """The test split and every external set under none and each listed normalizer; a failure loses nothing else."""
+    from histofuse.evaluation import load_external
+    from histofuse.stain_comparison import compare_normalizers, comparison_table, save
+
+    try:
+        sets, seen = {"test": frames["test"]}, set()
+        for external in recipe.evaluate:
+            # Sets that differ only in QC, TTA or normalization are the same images here: compare them once.
+            source = (external.dataset, external.root, repr(sorted(external.options.items())), repr(sorted(external.label_map.items())))
+            if source not in seen:
+                seen.add(source)
+                sets[external.name] = load_external(external, registry, evaluator.classes)
+        comparison = compare_normalizers(evaluator, recipe, registry, frames["train"], sets, console)
+    except HistofuseError as exc:
+        console.print(f"error: the stain normalizer comparison failed: {exc}", markup=False)
+        return
+    if accelerator.is_main_process:
+        save(run_dir, comparison)
+    console.print(comparison_table(comparison))
 
 
 def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:

@@ -83,7 +83,9 @@ def builtin_pm():
         fusion_concat,
         fusion_cross_attention,
         fusion_gated,
+        stain_macenko,
         stain_reinhard,
+        stain_vahadane,
     )
 
     from histofuse.plugins import create_plugin_manager
@@ -91,7 +93,7 @@ def builtin_pm():
     return create_plugin_manager(
         entry_points=False,
         plugins=(backbones_timm, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, data_folder, data_table,
-                 stain_reinhard, defaults),
+                 stain_reinhard, stain_macenko, stain_vahadane, defaults),
     )
 
 

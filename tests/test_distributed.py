@@ -85,6 +85,7 @@ def single_process_validation(run_dir: Path, state: dict) -> tuple[float, float]
     from accelerate import Accelerator
 
     from histofuse.data.loading import ImageTable, make_loader
+    from histofuse.evaluation import make_eval_transform
     from histofuse.metrics import classification_metrics
     from histofuse.model import build_model
     from histofuse.recipe import load_recipe
@@ -98,10 +99,7 @@ def single_process_validation(run_dir: Path, state: dict) -> tuple[float, float]
     model.load_state_dict(state)
     split = pd.read_csv(run_dir / "split.csv", dtype={"group": str, "label": str})
     val = split[split["split"] == "val"].reset_index(drop=True)
-    data = recipe.data
-    transform = registry.pm.hook.make_transforms(
-        stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0
-    )
+    transform = make_eval_transform(registry.pm.hook, recipe.data)
     loader = make_loader(ImageTable(val, classes, transform), 64, train=False)
     predictions = predict(Accelerator(cpu=True), model, loader, len(classes))
     assert len(predictions.indices) == len(val)

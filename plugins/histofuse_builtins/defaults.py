@@ -14,12 +14,15 @@ PRESETS = {
 }
 
 
-def build_transforms(stage: str, strength: str, image_size: int, resize: int, stain_jitter: float = 0.0):
+def build_transforms(
+    stage: str, strength: str, image_size: int, resize: int, stain_jitter: float = 0.0, stain_jitter_method: str = "hestain"
+):
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     import albumentations as A
     import cv2
 
     steps = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA)]
+    stain = None
     if stage == "train" and strength != "none":
         preset = PRESETS[strength]
         b, c, s, h = preset["jitter"]
@@ -35,7 +38,12 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int, st
             ),
             A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=preset["jitter_p"]),
         ]
-        if stain_jitter:
+        if stain_jitter and stain_jitter_method == "macenko":
+            from histofuse_builtins.stain_macenko import MacenkoStainJitter
+
+            # Runs first, on the full decoded image, where the tile's stain estimate is best.
+            stain = MacenkoStainJitter(p=stain_jitter)
+        elif stain_jitter:
             # H&E-specific: perturbs hematoxylin and eosin separately, the shift that breaks cross-site transfer.
             steps.append(A.HEStain(method="random_preset", intensity_scale_range=(0.7, 1.3), intensity_shift_range=(-0.2, 0.2), p=stain_jitter))
         if preset["erase_p"]:
@@ -46,30 +54,35 @@ def build_transforms(stage: str, strength: str, image_size: int, resize: int, st
             )
     else:
         steps.append(A.CenterCrop(image_size, image_size))
-    return AlbumentationsTransform(A.Compose(steps))
+    return AlbumentationsTransform(A.Compose(steps), stain)
 
 
 class AlbumentationsTransform:
     """RGB uint8 -> float tensor in [0, 1]; ``set_random_seed`` lets histofuse seed each training sample."""
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, stain=None):
         self.pipeline = pipeline
+        self.stain = stain  # an optional step before the pipeline, with its own random state
 
     def set_random_seed(self, seed: int) -> None:
         # Compose keeps its own random state, untouched by torch/numpy seeding.
         self.pipeline.set_random_seed(seed)
+        if self.stain is not None:
+            self.stain.set_random_seed(seed)
 
     def __call__(self, image):
         import numpy as np
         import torch
 
+        if self.stain is not None:
+            image = self.stain(image)
         out = self.pipeline(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float().div_(255.0)
 
 
 @histofuse.hookimpl(trylast=True)
-def make_transforms(stage, strength, image_size, resize, stain_jitter):
-    return build_transforms(stage, strength, image_size, resize, stain_jitter)
+def make_transforms(stage, strength, image_size, resize, stain_jitter, stain_jitter_method):
+    return build_transforms(stage, strength, image_size, resize, stain_jitter, stain_jitter_method)
 
 
 @histofuse.hookimpl(trylast=True)

@@ -8,12 +8,15 @@ rounding to uint8 LAB would move saturated colours by several levels on the way 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
+
+from histofuse_builtins.stain_matrix import leave_unchanged
 
 
 # Global LAB statistics of BreaKHis published with the paper (OpenCV 8-bit LAB).
@@ -45,6 +48,7 @@ class Reinhard:
         self.background = background
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
+        self.unchanged: Counter = Counter()
         if preset is not None:
             self.load_state(PRESETS[preset])
 
@@ -120,6 +124,9 @@ class Reinhard:
 
         if self.mean is None:
             raise histofuse.NotFittedError("reinhard normalizer is not fitted: call fit(images) or load_state(state) first")
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
+            return self._unchanged(rgb, "not an RGB image")
         lab = _native_lab(rgb)
         if self.source == "dataset":
             if self.source_stats is None:
@@ -128,9 +135,9 @@ class Reinhard:
         else:
             count, src_mean, src_std = self._image_moments(rgb, lab)
             if count < 16:
-                return np.array(rgb, copy=True)  # all background: nothing to normalise
+                return self._unchanged(rgb, "too little tissue (background, or a tiny tile)")
         if (src_std < self.min_std).any():
-            return np.array(rgb, copy=True)  # flat tile: rescaling would divide by ~0
+            return self._unchanged(rgb, "flat (a LAB channel's std below min_std): rescaling would divide by ~0")
         gain = np.asarray(self.std) / src_std
         shift = np.asarray(self.mean) - src_mean * gain
         # The map is defined on the 8-bit scale (x8 = s*x + o); applied to native LAB it becomes
@@ -139,6 +146,10 @@ class Reinhard:
         matrix = np.hstack([np.diag(gain), native_shift[:, None]]).astype(np.float32)
         out = cv2.cvtColor(cv2.transform(lab, matrix), cv2.COLOR_LAB2RGB)
         return cv2.multiply(out, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # rounds and saturates
+
+
+    def _unchanged(self, rgb, reason: str):
+        return leave_unchanged(self.unchanged, "reinhard", rgb, reason)
 
 
 _SCALE = np.array([255.0 / 100.0, 1.0, 1.0])

@@ -1,0 +1,78 @@
+"""The same sets evaluated with no stain normalization and under each of several normalizers, side by side.
+
+Each normalizer is fitted on the training split with its default options (the
+recipe's own options for ``evaluation.normalizer.name``); the threshold and
+temperature are the run's, locked on the validation split; no QC and no TTA,
+so the table isolates what normalization alone changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from histofuse.calibration import softmax
+from histofuse.data.decode import decoded_images
+from histofuse.metrics import classification_metrics
+from histofuse.recipe import Recipe, validate_options
+
+FILE = "stain_comparison.json"
+
+
+def fit_normalizer(recipe: Recipe, registry, name: str, train: pd.DataFrame):
+    spec = registry.get("normalizer", name)
+    cfg = recipe.evaluation.normalizer
+    options = cfg.options if name == cfg.name else {}
+    normalizer = spec.build(**validate_options(spec, options))
+    paths = train["path"].tolist()
+    if cfg.sample and cfg.sample < len(paths):
+        paths = [paths[i] for i in sorted(np.random.default_rng(recipe.seed).choice(len(paths), cfg.sample, replace=False))]
+    normalizer.fit(rgb for _, rgb in decoded_images(paths))
+    return normalizer
+
+
+def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame, sets: dict[str, pd.DataFrame], console) -> dict:
+    """{set: {method: {auc, accuracy, balanced_accuracy, unchanged}}} for method in none + the recipe's list."""
+    calibration = evaluator.calibration("none")
+    classes = evaluator.classes
+    result: dict[str, dict] = {name: {} for name in sets}
+    for method in ["none", *recipe.evaluation.compare_normalizers]:
+        normalizer = None
+        if method != "none":
+            console.print(f"stain comparison: fitting {method} on {len(train)} training images")
+            normalizer = fit_normalizer(recipe, registry, method, train)
+        for name, frame in sets.items():
+            predictions = evaluator.predict_frame(frame, "none", normalize=normalizer is not None, normalizer=normalizer)
+            probs = softmax(predictions.logits, calibration["temperature"])
+            metrics = classification_metrics(predictions.labels, probs, classes, calibration["threshold"])
+            entry = {k: metrics[k] for k in ("auc", "accuracy", "balanced_accuracy")}
+            entry["images"] = int(len(predictions.labels))
+            if normalizer is not None and getattr(normalizer, "unchanged", None) is not None:
+                entry["unchanged"] = dict(normalizer.unchanged)
+                normalizer.unchanged.clear()
+            result[name][method] = entry
+    return result
+
+
+def save(run_dir: Path, comparison: dict) -> None:
+    (run_dir / FILE).write_text(json.dumps(comparison, indent=2))
+
+
+def comparison_table(comparison: dict) -> Table:
+    methods = list(next(iter(comparison.values())))
+    table = Table(title="stain normalization side by side (AUC / accuracy; no QC, no TTA; threshold from validation)")
+    table.add_column("set")
+    for method in methods:
+        table.add_column(method, justify="right")
+    for name, row in comparison.items():
+        cells = []
+        for method in methods:
+            entry = row[method]
+            auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+            cells.append(f"{auc} / {entry['accuracy']:.2f}")
+        table.add_row(name, *cells)
+    return table
