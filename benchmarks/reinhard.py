@@ -82,12 +82,17 @@ def torchstain_run(python: str, images, target, repeats, method: str = "reinhard
         return list(data["times"]), [data[f"o{i}"] for i in range(len(images))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--images", type=int, default=6)
+def stain_benchmark_args(doc: str, repeats: int, images: int) -> argparse.Namespace:
+    """The options every stain benchmark takes: repeats, images per size, and torchstain's environment."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--images", type=int, default=images)
     parser.add_argument("--torchstain-python", default=None, help="python of an environment with torchstain")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = stain_benchmark_args(__doc__, repeats=5, images=6)
 
     from histofuse_builtins.stain_reinhard import Reinhard
 

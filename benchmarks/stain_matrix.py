@@ -15,7 +15,6 @@ Rerun:
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reinhard import render_images, timed, torchstain_run  # noqa: E402
+from reinhard import render_images, stain_benchmark_args, timed, torchstain_run  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -46,11 +45,7 @@ def agreement(outputs, baseline) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--torchstain-python", default=None, help="python of an environment with torchstain")
-    args = parser.parse_args()
+    args = stain_benchmark_args(__doc__, repeats=3, images=4)
 
     from histofuse_builtins.stain_macenko import Macenko
     from histofuse_builtins.stain_vahadane import Vahadane
