@@ -82,15 +82,22 @@ def run(
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its last complete epoch checkpoint."
     ),
+    repeat: int = typer.Option(1, "--repeat", min=1, max=100, help="Run N times with seeds seed, seed+1, ...; report mean ± std."),
+    repeat_splits: bool = typer.Option(False, "--repeat-splits", help="With --repeat: a different patient split each time too."),
 ) -> None:
     """Train a recipe's phases, then evaluate the best weights on the test split."""
     from histofuse.run import run_recipe
 
     if resume is not None:
+        if repeat > 1:
+            raise typer.BadParameter("--resume continues one run; it cannot be combined with --repeat", param_hint="--repeat")
         recipe = _resumable_recipe(resume, recipe, set_)
     elif recipe is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     parsed, registry, _ = _load(recipe, set_)
+    if repeat > 1:
+        _run_repeated(parsed, registry, output_dir, repeat, repeat_splits)
+        return
     run_dir = run_recipe(parsed, registry, output_dir, console, resume=resume)
     if console.quiet:
         return
@@ -104,6 +111,22 @@ def run(
     console.print(f"[green]done[/]: {escape(str(run_dir))}")
 
 
+def _run_repeated(recipe, registry, output_dir: Path, count: int, vary_split: bool) -> None:
+    from histofuse.repeats import repeated_recipes, summarize, summary_table, write_summary
+    from histofuse.run import run_recipe
+
+    run_dirs = []
+    for i, each in enumerate(repeated_recipes(recipe, count, vary_split)):
+        console.rule(f"run {i + 1}/{count}: seed {each.seed}" + (", its own patient split" if vary_split else ""))
+        run_dirs.append(run_recipe(each, registry, output_dir, console))
+    if console.quiet:
+        return
+    table, summary = summarize(run_dirs)
+    console.print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), markup=False, highlight=False)
+    console.print(summary_table(summary, count))
+    console.print(f"[green]done[/]: {escape(str(write_summary(output_dir, run_dirs[0].name, table, summary)))}")
+
+
 def _resumable_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional[List[str]]) -> Path:
     """A resumed run keeps the recipe it was started with: the one saved in its directory."""
     if recipe is not None or overrides:
@@ -115,6 +138,135 @@ def _resumable_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional
     if not saved.is_file():
         raise typer.BadParameter(f"'{run_dir}' is not a run directory (it has no recipe.toml)", param_hint="--resume")
     return saved
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, paper7 or d4."),
+    normalize: bool = typer.Option(False, "--normalize", help="Apply the run's fitted stain normalizer first."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write every prediction (and unreadable file) to this CSV."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, max=64, help="Decoding workers (default: cores - 1)."),
+) -> None:
+    """Predict images with a finished run: its weights, classes, normalizer and validation-locked threshold."""
+    from histofuse.data.loading import default_num_workers
+    from histofuse.inference import LoadedRun
+    from histofuse.predict_cli import predict_paths, predictions_table
+
+    run = LoadedRun(run_dir)
+    workers = default_num_workers() if num_workers is None else num_workers
+    result = predict_paths(run, inputs, tta=tta, normalize=normalize, batch_size=batch_size, num_workers=workers, console=console)
+    console.print(predictions_table(result, run.classes))
+    if out is not None:
+        result.to_csv(out, index=False)
+        console.print(f"wrote {len(result)} rows to {out}", markup=False)
+    bad = result[result["error"] != ""]
+    for row in bad.itertuples(index=False):
+        err_console.print(f"unreadable: {row.path}: {row.error}", markup=False)
+    summary = f"{len(result) - len(bad)} predicted, {len(bad)} unreadable"
+    threshold = run.calibration(tta)["threshold"]
+    console.print(summary + (f"; threshold {threshold:.3f} (from the run's validation split, TTA {tta})" if threshold is not None else ""))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")) -> None:
+    """Render RUN_DIR/report.html (curves, ROC, confusion matrix, per-magnification/patient tables, QC, recipe)."""
+    from histofuse.manifest import MANIFEST, MODEL_CARD, model_card
+    from histofuse.report import write_report
+
+    if not (run_dir / "metrics.json").is_file():
+        raise typer.BadParameter(f"'{run_dir}' has no metrics.json: not a finished run directory", param_hint="RUN_DIR")
+    page = write_report(run_dir)
+    manifest = run_dir / MANIFEST
+    if manifest.is_file():
+        import json
+
+        (run_dir / MODEL_CARD).write_text(model_card(json.loads(manifest.read_text())))
+    console.print(f"wrote {page} (figures in {page.parent / 'report'})", markup=False)
+
+
+@app.command("explain")
+def explain_images(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    normalize: bool = typer.Option(False, "--normalize", help="Apply the run's fitted stain normalizer first."),
+    out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the heatmap overlays (PNG)."),
+) -> None:
+    """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches)."""
+    import cv2
+
+    from histofuse.data.decode import decode_image
+    from histofuse.errors import ImageDecodeError
+    from histofuse.explain import explain
+    from histofuse.inference import LoadedRun
+
+    run = LoadedRun(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in images:
+        try:
+            rgb = decode_image(path)
+        except ImageDecodeError as exc:
+            err_console.print(f"unreadable: {exc}", markup=False)
+            failed += 1
+            continue
+        probs, explanations = explain(run, rgb, normalize=normalize)
+        label = ", ".join(f"{c} {p:.3f}" for c, p in zip(run.classes, probs))
+        for e in explanations:
+            target = out / f"{path.stem}_{e.backbone}.png"
+            cv2.imwrite(str(target), cv2.cvtColor(e.overlay, cv2.COLOR_RGB2BGR))
+            console.print(f"{path}: {label}; {e.backbone} ({e.method}) -> {target}", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_run(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to your network)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535),
+    max_upload_mb: int = typer.Option(50, "--max-upload-mb", min=1, max=2000, help="Largest upload accepted."),
+) -> None:
+    """Start the web app (Gradio, offline): upload an image, choose normalization and TTA, see probabilities and heatmaps."""
+    from histofuse.inference import LoadedRun
+    from histofuse.serve import serve
+
+    serve(LoadedRun(run_dir), host, port, max_upload_mb)
+
+
+@app.command("export")
+def export_run(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    fmt: str = typer.Option(..., "--format", help="onnx, torchscript, or space (a Hugging Face Space folder)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output file, or folder for space (default: RUN_DIR/export/model.onnx, model.pt or space/)."
+    ),
+) -> None:
+    """Export the model for deployment; its outputs are checked against PyTorch on the run's test images (1e-4)."""
+    from histofuse.export import export, export_space
+    from histofuse.inference import LoadedRun
+
+    if fmt not in ("onnx", "torchscript", "space"):
+        raise typer.BadParameter(f"expected onnx, torchscript or space, got '{fmt}'", param_hint="--format")
+    run = LoadedRun(run_dir)
+    if fmt == "space":
+        folder = out or run_dir / "export" / "space"
+        result = export_space(run, folder)
+        console.print(
+            f"wrote a Space to {folder} (app.py, requirements.txt, model.onnx, README.md); max |difference| from "
+            f"PyTorch {result['max_abs_diff']:.2e}. Try it: cd {folder} && pip install -r requirements.txt && python app.py",
+            markup=False,
+        )
+        return
+    target = out or run_dir / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
+    result = export(run, fmt, target)
+    console.print(
+        f"wrote {target} ({fmt}); max |difference| from PyTorch {result['max_abs_diff']:.2e} on {result['checked_on']}; "
+        f"preprocessing and classes in {target.name}.json",
+        markup=False,
+    )
 
 
 @recipe_app.command("check")

@@ -30,6 +30,7 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    seed: int | None = Field(None, ge=0, lt=2**32, description="seed of the patient split; default: the recipe's seed")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> "SplitConfig":

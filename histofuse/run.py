@@ -123,7 +123,10 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     from histofuse.training.trackers import Trackers, check_trackers
     from histofuse.training.trainer import Trainer
 
+    from histofuse.manifest import started_now
+
     started = time.perf_counter()
+    started_at = started_now()
     hooks = registry.pm.hook
     check_trackers(recipe.training.log_with)
     accelerator = make_accelerator(recipe)
@@ -133,7 +136,8 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     with accelerator.main_process_first():  # a generated dataset is written once, then read by all
         table, classes = load_table(recipe, registry)
         check_external_sets(recipe, registry, classes)
-    table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
+    split = recipe.data.split
+    table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
 
     checkpoint = None
     if resume is not None:
@@ -210,11 +214,33 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=state.epoch)
     trainer.trackers.finish()
     hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
+    if accelerator.is_main_process:
+        write_records(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, console)
     if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
         # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     accelerator.end_training()
     return run_dir
+
+
+def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console) -> None:
+    """Manifest, model card and report; a failure here is reported and loses nothing the run produced."""
+    from histofuse.manifest import MODEL_CARD, build_manifest, model_card, write_manifest
+    from histofuse.report import write_report
+
+    try:
+        manifest = build_manifest(
+            recipe=recipe, table=table, classes=classes, metrics=metrics, run_dir=run_dir, started=started_at,
+            wall_seconds=seconds, accelerator=accelerator,
+        )
+        write_manifest(run_dir, manifest)
+        (run_dir / MODEL_CARD).write_text(model_card(manifest))
+        page = write_report(run_dir)
+    except Exception as exc:  # the weights and metrics are already on disk; a plotting bug must not hide that
+        console.print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
+                      f"try again with histofuse report {run_dir}", markup=False)
+        return
+    console.print(f"report: {page}", markup=False)
 
 
 def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:

@@ -28,16 +28,22 @@ def decode_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
+    return decode_buffer(data, str(path))
+
+
+def decode_buffer(data, where: str = "upload") -> np.ndarray:
+    """Like :func:`decode_image`, for bytes already in memory (an upload); ``where`` names them in errors."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise ImageDecodeError(str(path), "file is empty")
+        raise ImageDecodeError(where, "file is empty")
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:
         # e.g. a header claiming more pixels than OpenCV's limit (OPENCV_IO_MAX_IMAGE_PIXELS)
-        raise ImageDecodeError(str(path), f"refused by the decoder: {str(exc).strip().splitlines()[-1]}") from None
+        raise ImageDecodeError(where, f"refused by the decoder: {str(exc).strip().splitlines()[-1]}") from None
     if image is None:
-        raise ImageDecodeError(str(path), "not a decodable image (truncated or not an image format OpenCV reads)")
-    return to_rgb8(image, str(path))
+        raise ImageDecodeError(where, "not a decodable image (truncated or not an image format OpenCV reads)")
+    return to_rgb8(image, where)
 
 
 def decoded_images(paths):

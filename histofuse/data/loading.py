@@ -43,7 +43,8 @@ class ImageTable(Dataset):
             column = table["magnification"] if "magnification" in table else pd.Series([None] * len(table))
             self.magnification = [lookup.get(int(m), 0) if pd.notna(m) else 0 for m in column]
         index = {c: i for i, c in enumerate(classes)}
-        self.labels = [index[label] for label in table["label"]]
+        # Unlabelled images (histofuse predict) get -1: never used as a target.
+        self.labels = [index[label] for label in table["label"]] if "label" in table else [-1] * len(table)
         self.transform = transform
         self.preprocess = preprocess
         self.color_stats = color_stats

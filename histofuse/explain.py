@@ -1,0 +1,105 @@
+"""Where the model looks: Grad-CAM on convolutional branches (captum), attention rollout on ViT branches.
+
+Both are computed on the image the model sees (resized, centre-cropped) and
+returned as heatmaps in [0, 1] with overlays ready to save or show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Explanation:
+    backbone: str
+    method: str  # "grad-cam" or "attention rollout"
+    heatmap: np.ndarray  # (S, S) float in [0, 1]
+    overlay: np.ndarray  # (S, S, 3) uint8 RGB
+
+
+def explain(run, rgb: np.ndarray, *, normalize: bool = False, target: int | None = None) -> tuple[np.ndarray, list[Explanation]]:
+    """Class probabilities (no TTA) and one explanation per backbone; Grad-CAM explains ``target`` or the decided class."""
+    x = run.preprocess(rgb, normalize)[None]
+    probs = run.probabilities(x, "none")
+    target = int(run.decide(probs, "none")[0]) if target is None else target
+    seen = (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    explanations = []
+    for name, backbone in run.model.backbones.items():
+        net = getattr(backbone, "net", backbone)
+        if is_vision_transformer(net):
+            heat = attention_rollout(net, run.model.normalize[name](x))
+            method = "attention rollout"
+        else:
+            heat = grad_cam(run.model, conv_layer(net), x, target)
+            method = "grad-cam"
+        heat = cv2.resize(heat, seen.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        explanations.append(Explanation(name, method, heat, overlay(seen, heat)))
+    return probs[0], explanations
+
+
+def is_vision_transformer(net: nn.Module) -> bool:
+    blocks = getattr(net, "blocks", None)
+    return blocks is not None and len(blocks) > 0 and all(hasattr(getattr(b, "attn", None), "fused_attn") for b in blocks)
+
+
+def conv_layer(net: nn.Module) -> nn.Module:
+    """The deepest feature stage timm reports (its feature_info), else the last Conv2d."""
+    info = getattr(net, "feature_info", None)
+    if info:
+        return net.get_submodule(info[-1]["module"])
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("no convolutional layer to explain with Grad-CAM")
+    return convs[-1]
+
+
+def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    from captum.attr import LayerGradCam
+
+    with torch.enable_grad():
+        attribution = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
+    return _unit(attribution[0].sum(0).detach().numpy())
+
+
+def attention_rollout(vit: nn.Module, x: torch.Tensor, keep: float = 1.0) -> np.ndarray:
+    """Abnar & Zuidema (2020): head-averaged attention plus identity, multiplied through the blocks; CLS → patches."""
+    captured: list[torch.Tensor] = []
+    hooks, fused = [], []
+    for block in vit.blocks:
+        fused.append(block.attn.fused_attn)
+        block.attn.fused_attn = False  # the fused kernel never materialises the attention matrix
+        hooks.append(block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach())))
+    try:
+        with torch.no_grad():
+            vit.forward_features(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block, was in zip(vit.blocks, fused):
+            block.attn.fused_attn = was
+    rollout = None
+    for attention in captured:
+        a = attention[0].mean(0)
+        a = a + torch.eye(a.shape[-1])
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    prefix = getattr(vit, "num_prefix_tokens", 1)
+    patches = rollout[0, prefix:]
+    side = int(round(patches.numel() ** 0.5))
+    return _unit(patches[: side * side].reshape(side, side).numpy())
+
+
+def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    colored = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(rgb, 1 - alpha, colored, alpha, 0)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(a.astype(np.float32))
+    span = a.max() - a.min()
+    return (a - a.min()) / span if span > 0 else np.zeros_like(a)

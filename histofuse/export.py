@@ -1,0 +1,127 @@
+"""Exporting a finished run's model (ONNX, TorchScript), checked against PyTorch on the run's own images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from histofuse.errors import HistofuseError
+
+TOLERANCE = 1e-4
+
+
+class ImageOnly(nn.Module):
+    """The model with one input, RGB in [0, 1] (N, 3, S, S): magnification, if the model uses it, is 'unknown'."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+
+def sample_batch(run, count: int = 8) -> tuple[torch.Tensor, str]:
+    """Preprocessed test-split images of the run (what it was evaluated on); random pixels if none can be read."""
+    from histofuse.data.decode import decoded_images
+
+    split_file = run.run_dir / "split.csv"
+    if split_file.is_file():
+        split = pd.read_csv(split_file, usecols=["path", "split"])
+        paths = split.loc[split["split"] == "test", "path"].tolist()[: 4 * count]
+        images = [run.transform(rgb) for _, rgb in decoded_images(paths)][:count]
+        if images:
+            return torch.stack(images), f"{len(images)} test-split images"
+    size = run.recipe.data.image_size
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{count} random images (test split not found)"
+
+
+def export(run, fmt: str, out: Path) -> dict:
+    """Write ``out`` in ``fmt`` and return {"max_abs_diff", "checked_on"}; a mismatch above 1e-4 is an error."""
+    module = ImageOnly(run.model).eval()
+    batch, checked_on = sample_batch(run)
+    with torch.no_grad():
+        expected = module(batch).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        got = _onnx(module, batch, out)
+    elif fmt == "torchscript":
+        got = _torchscript(module, batch, out)
+    else:
+        raise HistofuseError(f"--format: expected onnx, torchscript or space, got '{fmt}'")
+    diff = float(np.abs(got - expected).max())
+    if not diff <= TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise HistofuseError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on {checked_on}; not written")
+    sidecar = {"classes": run.classes, "image_size": run.recipe.data.image_size, "resize": run.recipe.data.resize_to,
+               "input": "RGB float32 in [0, 1], NCHW; each backbone normalises inside the model", "output": "logits",
+               "calibration": run.state.calibration, "max_abs_diff": diff, "checked_on": checked_on}
+    out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=2))
+    return {"max_abs_diff": diff, "checked_on": checked_on}
+
+
+SPACE_PACKAGES = ("gradio", "onnxruntime", "numpy", "opencv-python-headless")
+
+
+def export_space(run, folder: Path) -> dict:
+    """A self-contained Hugging Face Space: app.py (ONNX Runtime + Gradio), pinned requirements, the model, a card.
+
+    The Space classifies with the run's locked threshold and temperature, with or without TTA; heatmaps and stain
+    normalization need PyTorch and histofuse, so they stay with ``histofuse serve``.
+    """
+    import importlib.metadata
+    import shutil
+
+    from histofuse.manifest import MANIFEST, model_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    result = export(run, "onnx", folder / "model.onnx")
+    sidecar_path = folder / "model.onnx.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["title"] = run.recipe.name
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
+    shutil.copy(Path(__file__).with_name("space_template") / "app.py", folder / "app.py")
+    pins = [f"{p}=={importlib.metadata.version(p)}" for p in SPACE_PACKAGES]
+    (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
+    gradio_version = importlib.metadata.version("gradio")
+    front = f"---\ntitle: {run.recipe.name}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\npinned: false\n---\n\n"
+    manifest = run.run_dir / MANIFEST
+    card = model_card(json.loads(manifest.read_text())) if manifest.is_file() else f"# {run.recipe.name}\n"
+    (folder / "README.md").write_text(front + card)
+    return result
+
+
+def _onnx(module: nn.Module, batch: torch.Tensor, out: Path) -> np.ndarray:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise HistofuseError('ONNX export needs onnx, onnxscript and onnxruntime: pip install "histofuse[export]"') from None
+    import logging
+
+    for name in ("onnxscript", "onnx_ir"):  # their graph-optimisation INFO lines are not the user's business
+        logging.getLogger(name).setLevel(logging.WARNING)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        module, (batch,), str(out), input_names=["image"], output_names=["logits"],
+        dynamic_shapes={"image": {0: batch_dim}}, dynamo=True, external_data=False, verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"image": batch.numpy()})[0]
+
+
+def _torchscript(module: nn.Module, batch: torch.Tensor, out: Path) -> np.ndarray:
+    import warnings
+
+    # TorchScript is deprecated upstream but still what many C++/mobile deployments load; its warnings say so at
+    # every call, and the shape-specialisation ones do not apply (the check below runs another batch size).
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", (FutureWarning, torch.jit.TracerWarning))
+        traced = torch.jit.trace(module, batch[:1], check_trace=False)
+        traced.save(str(out))
+        loaded = torch.jit.load(str(out))
+        return loaded(batch).numpy()

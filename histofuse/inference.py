@@ -1,0 +1,86 @@
+"""A finished run loaded for inference: only what the run saved (weights, classes, normalizer, calibration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histofuse.errors import HistofuseError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class LoadedRun:
+    """The model of ``run_dir`` in eval mode, with the run's eval transform, normalizer and locked calibration."""
+
+    def __init__(self, run_dir: Path):
+        from histofuse.evaluation import EvaluationState, build_normalizer, make_eval_transform
+        from histofuse.model import build_model
+        from histofuse.recipe import load_recipe
+        from histofuse.registry import default_registry
+        from histofuse.training.checkpoint import load_weights
+
+        self.run_dir = Path(run_dir)
+        missing = [f for f in ("recipe.toml", "model.safetensors", "model.json") if not (self.run_dir / f).is_file()]
+        if missing:
+            raise HistofuseError(
+                f"'{self.run_dir}' is not a finished run directory ({', '.join(missing)} missing); "
+                "give the folder that histofuse run printed at its end"
+            )
+        self.recipe = load_recipe(self.run_dir / "recipe.toml")
+        self.registry = default_registry()
+        self.meta = json.loads((self.run_dir / "model.json").read_text())
+        self.classes: list[str] = self.meta["classes"]
+        self.model = build_model(self.recipe, self.registry, len(self.classes), pretrained=False)
+        load_weights(self.model, self.run_dir)
+        self.model.eval()
+        self.transform = make_eval_transform(self.registry.pm.hook, self.recipe.data)
+        state_file = self.run_dir / "evaluation.json"
+        self.state = EvaluationState.load(self.run_dir) if state_file.is_file() else EvaluationState(None, None, {})
+        self.normalizer = build_normalizer(self.registry, self.state.normalizer)
+
+    @property
+    def normalizer_name(self) -> str | None:
+        return None if self.state.normalizer is None else self.state.normalizer["name"]
+
+    def calibration(self, tta: str) -> dict:
+        """The validation-locked threshold and temperature for ``tta``; argmax at T = 1 if the run never fitted one."""
+        return self.state.calibration.get(tta) or {"threshold": None, "temperature": 1.0}
+
+    def preprocess(self, rgb: np.ndarray, normalize: bool) -> torch.Tensor:
+        if normalize:
+            if self.normalizer is None:
+                raise HistofuseError("this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
+            rgb = self.normalizer.transform(rgb)
+        return self.transform(rgb)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor, tta: str) -> np.ndarray:
+        from histofuse.calibration import softmax
+        from histofuse.tta import predict_logits
+
+        logits = predict_logits(self.model, batch, tta).numpy()
+        return softmax(logits, self.calibration(tta)["temperature"])
+
+    def decide(self, probs: np.ndarray, tta: str) -> np.ndarray:
+        """Class indices: the locked threshold on the positive class when there is one, else the most probable."""
+        threshold = self.calibration(tta)["threshold"]
+        if threshold is None or probs.shape[1] != 2:
+            return probs.argmax(1)
+        return (probs[:, 1] >= threshold).astype(int)
+
+
+def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files named or found (recursively) in folders; paths that do not exist are returned as failures."""
+    found, failed = [], []
+    for item in inputs:
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif item.exists():
+            found.append(item)
+        else:
+            failed.append((str(item), "no such file or folder"))
+    return found, failed

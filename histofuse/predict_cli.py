@@ -1,0 +1,79 @@
+"""histofuse predict: a finished run's model on image files and folders, batched, to a table and a CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from histofuse.errors import HistofuseError
+
+TTA_MODES = ("none", "paper7", "d4")
+
+
+def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int, console) -> pd.DataFrame:
+    """One row per input image: probabilities and the decided class, or the reason it could not be read."""
+    from histofuse.data.decode import decoded_images
+    from histofuse.data.loading import ImageTable, make_loader
+    from histofuse.inference import expand_inputs
+
+    if tta not in TTA_MODES:
+        raise HistofuseError(f"--tta: expected one of {', '.join(TTA_MODES)}, got '{tta}'")
+    paths, failed = expand_inputs(inputs)
+    if not paths and not failed:
+        raise HistofuseError("no image files found in " + ", ".join(map(str, inputs)) + f" (looked for {', '.join(run_suffixes())})")
+    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    rows = []
+    if paths:
+        if normalize and run.normalizer is not None and hasattr(run.normalizer, "adapt"):
+            run.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
+        dataset = ImageTable(frame, run.classes, run.transform, preprocess=_normalizer(run, normalize))
+        loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
+        columns = (TextColumn("  predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("predict", total=len(paths))
+            for batch in loader:
+                failed += batch["failed"]
+                if batch["image"] is not None:
+                    probs = run.probabilities(batch["image"], tta)
+                    decided = run.decide(probs, tta)
+                    for index, p, d in zip(batch["index"].tolist(), probs, decided):
+                        rows.append({"path": frame["path"][index], "predicted": run.classes[d], "error": "",
+                                     **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}})
+                progress.advance(task, len(batch["failed"]) + (0 if batch["image"] is None else len(batch["image"])))
+    rows += [{"path": path, "predicted": "", "error": reason} for path, reason in failed]
+    order = {str(p): i for i, p in enumerate(paths)}
+    result = pd.DataFrame(rows, columns=["path", "predicted", *[f"prob_{c}" for c in run.classes], "error"])
+    return result.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order)))).reset_index(drop=True)
+
+
+def _normalizer(run, normalize: bool):
+    if not normalize:
+        return None
+    if run.normalizer is None:
+        raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
+    return run.normalizer.transform
+
+
+def run_suffixes() -> tuple[str, ...]:
+    from histofuse.inference import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def predictions_table(result: pd.DataFrame, classes: list[str], limit: int = 30) -> Table:
+    table = Table(title=f"predictions ({len(result)} files)")
+    table.add_column("file", overflow="fold")
+    table.add_column("predicted")
+    for c in classes:
+        table.add_column(f"p({c})", justify="right")
+    for row in result.head(limit).to_dict("records"):
+        if row["error"]:
+            table.add_row(row["path"], "[red]unreadable[/]", *["-" for _ in classes])
+        else:
+            table.add_row(row["path"], row["predicted"], *[f"{row[f'prob_{c}']:.4f}" for c in classes])
+    if len(result) > limit:
+        table.caption = f"... and {len(result) - limit} more (all of them in the CSV with --out)"
+    return table

@@ -1,0 +1,212 @@
+"""The run report: one self-contained HTML page (PNG figures embedded, and saved beside it) from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPORT = "report.html"
+FIGURES = "report"
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render ``RUN_DIR/report.html`` and its figures under ``RUN_DIR/report/``; return the page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    figures_dir = run_dir / FIGURES
+    figures_dir.mkdir(exist_ok=True)
+    metrics = _json(run_dir / "metrics.json") or {}
+    sections = [f"<h1>{_e(run_dir.name)}</h1>"]
+    manifest = _json(run_dir / "manifest.json")
+    if manifest:
+        sections.append(_summary(manifest))
+    history = run_dir / "history.csv"
+    if history.is_file():
+        sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", _curves(pd.read_csv(history))))
+    for name, entry in metrics.items():
+        sections.append(_set_section(run_dir, figures_dir, name, entry))
+    comparison = _json(run_dir / "stain_comparison.json")
+    if comparison:
+        sections.append(_comparison(comparison))
+    evaluation = _json(run_dir / "evaluation.json")
+    if evaluation and evaluation.get("normalizer"):
+        sections.append("<h2>Stain normalizer (fitted on the training split)</h2><pre>" + _e(json.dumps(evaluation["normalizer"], indent=1)) + "</pre>")
+    recipe = run_dir / "recipe.toml"
+    if recipe.is_file():
+        sections.append("<h2>Resolved recipe</h2><pre>" + _e(recipe.read_text()) + "</pre>")
+    page = run_dir / REPORT
+    page.write_text(_page(run_dir.name, "\n".join(sections)))
+    return page
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(folder: Path, name: str, figure) -> str:
+    """Save ``figure`` as PNG beside the page and embed the same bytes, so the page works alone."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    data = buffer.getvalue()
+    (folder / name).write_bytes(data)
+    return f'<img alt="{_e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _summary(manifest: dict) -> str:
+    counts = manifest.get("images", {})
+    rows = [[split, *(counts.get(split, {}).get(c, 0) for c in manifest["classes"])] for split in ("train", "val", "test")]
+    return (
+        "<h2>Run</h2>"
+        + _table(["", "value"], [
+            ["recipe", manifest["recipe"]["name"]], ["started", manifest.get("created")], ["wall time (s)", manifest.get("wall_seconds")],
+            ["hardware", manifest["hardware"].get("description")], ["split hash (sha256)", manifest.get("split_sha256")],
+        ])
+        + "<h3>Images by split (split by patient)</h3>" + _table(["split", *manifest["classes"]], rows)
+    )
+
+
+def _curves(history: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    epochs = history["epoch"]
+    axes[0].plot(epochs, history["train_loss"], label="train loss")
+    axes[0].plot(epochs, history["val_loss"], label="validation loss")
+    axes[1].plot(epochs, history["val_auc"], label="validation AUC", color="tab:green")
+    best = history[history["best"].astype(str) == "True"]
+    axes[1].scatter(best["epoch"], best["val_auc"], marker="*", s=80, color="tab:red", label="new best", zorder=3)
+    for column in [c for c in history.columns if c.startswith("lr_")]:
+        axes[2].plot(epochs, history[column], label=column[3:])
+    axes[2].set_yscale("symlog", linthresh=1e-7)
+    titles = ("loss", "validation AUC", "learning rate per group")
+    starts = history.groupby("phase_index", sort=True)["epoch"].min()
+    names = history.groupby("phase_index", sort=True)["phase"].first()
+    for axis, title in zip(axes, titles):
+        for index, start in starts.items():
+            axis.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
+            axis.text(start - 0.4, 1.0, names[index], transform=axis.get_xaxis_transform(), fontsize=8, va="top", color="grey")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
+    return figure
+
+
+def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
+    if "error" in m:
+        return f"<h2>{_e(name)}</h2><p class=error>evaluation failed: {_e(m['error'])}</p>"
+    ci = m.get("auc_ci95")
+    rows = [
+        ["images", m["n"]], ["AUC", m["auc"]], ["AUC 95% CI (patient bootstrap)", f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "n/a"],
+        ["accuracy", m["accuracy"]], ["balanced accuracy", m["balanced_accuracy"]], ["sensitivity", m.get("recall")],
+        ["specificity", m.get("specificity")], ["F1", m.get("f1")], ["ECE", m.get("ece")],
+        ["threshold (validation-locked)", m.get("threshold")], ["TTA", m.get("tta")], ["stain-normalized", m.get("normalized")],
+        ["patient-level AUC", m.get("per_patient", {}).get("auc")],
+        ["colour-only baseline AUC", (m.get("color_baseline") or {}).get("auc")],
+    ]
+    parts = [f"<h2>{_e(name)}</h2>", _table(["metric", "value"], rows)]
+    figures = []
+    predictions = run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv")
+    if predictions.is_file() and len(m.get("classes", [])) == 2:
+        figures.append(_figure(figures_dir, f"roc_{name}.png", _roc(pd.read_csv(predictions), m)))
+    if m.get("confusion_matrix"):
+        figures.append(_figure(figures_dir, f"confusion_{name}.png", _confusion(np.array(m["confusion_matrix"]), m["classes"])))
+    parts.append("<div class=row>" + "".join(figures) + "</div>")
+    for key, value in m.items():
+        if key.startswith("per_") and key != "per_patient" and isinstance(value, dict) and value:
+            column = key[4:]
+            parts.append(f"<h3>By {_e(column)}</h3>" + _table(
+                [column, "images", "AUC", "accuracy", "sensitivity", "specificity"],
+                [[k, v["n"], v["auc"], v["accuracy"], v.get("recall"), v.get("specificity")] for k, v in value.items()],
+            ))
+    patients = m.get("per_patient", {})
+    if patients:
+        parts.append("<h3>Per patient (mean probability over the patient's images)</h3>" + _table(
+            ["patients", "AUC", "accuracy", "sensitivity", "specificity"],
+            [[patients.get("patients", patients.get("n")), patients.get("auc"), patients.get("accuracy"), patients.get("recall"), patients.get("specificity")]],
+        ))
+    if m.get("qc"):
+        qc = m["qc"]
+        reasons = ", ".join(f"{k}: {v}" for k, v in qc.get("reasons", {}).items()) or "none"
+        parts.append("<h3>Quality control</h3>" + _table(["checked", "passed", "removed", "reasons"], [[qc["checked"], qc["passed"], qc["removed"], reasons]]))
+    if m.get("failed_images"):
+        parts.append("<h3>Unreadable images (skipped)</h3><ul>" + "".join(f"<li>{_e(f)}</li>" for f in m["failed_images"]) + "</ul>")
+    return "\n".join(parts)
+
+
+def _roc(predictions: pd.DataFrame, m: dict):
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    positive = m["positive_class"]
+    labels = (predictions["label"].astype(str) == positive).astype(int)
+    fpr, tpr, _ = roc_curve(labels, predictions[f"prob_{positive}"])
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    ci = m.get("auc_ci95")
+    auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+    axis.plot(fpr, tpr, label=f"AUC {auc}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axis.set_xlabel("1 − specificity")
+    axis.set_ylabel(f"sensitivity ({positive})")
+    axis.set_title(f"ROC: {m['name']}")
+    axis.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def _confusion(matrix: np.ndarray, classes: list[str]):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    axis.set_xticks(range(len(classes)), classes)
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("confusion matrix")
+    return figure
+
+
+def _comparison(comparison: dict) -> str:
+    methods = list(next(iter(comparison.values())))
+    rows = [[name, *(f"{_fmt(row[m]['auc'])} / {_fmt(row[m]['accuracy'], 2)}" for m in methods)] for name, row in comparison.items()]
+    return "<h2>Stain normalization side by side (AUC / accuracy)</h2>" + _table(["set", *methods], rows)
+
+
+def _page(title: str, body: str) -> str:
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        "img{max-width:100%;margin:4px}.row{display:flex;flex-wrap:wrap}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        ".error{color:#b00}"
+    )
+    return f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{style}</style></head><body>{body}</body></html>"

@@ -1,0 +1,241 @@
+"""What a finished run gives people: report, model card and manifest, predict, explain, export, repeated runs,
+and the web app's input checks (the browser test is in test_serve_browser.py)."""
+
+import base64
+import copy
+import json
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_RECIPE, write_toml
+from test_run import only_run_dir, run_cli
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, synthetic_root):
+    folder = tmp_path_factory.mktemp("results")
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["data"]["root"] = str(synthetic_root)
+    recipe["evaluation"] = {"bootstrap": 50}
+    recipe["evaluate"] = [{
+        "name": "site_b", "dataset": "synthetic", "root": str(folder / "site_b"),
+        "options": {"site": "b", "seed": 1, "patients_per_class": 3, "images_per_magnification": 1, "width": 96, "height": 64},
+        "qc": {"enabled": True}, "normalize": True,
+    }]
+    result = run_cli(["run", str(write_toml(folder / "tiny.toml", recipe)), "-o", str(folder / "runs")])
+    assert result.exit_code == 0, result.output
+    return only_run_dir(folder / "runs")
+
+
+def embedded_images(page: str) -> list[np.ndarray]:
+    return [cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+            for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_a_run_writes_a_report_a_model_card_and_a_manifest(finished_run):
+    from histofuse.manifest import split_hash
+
+    page = (finished_run / "report.html").read_text()
+    images = embedded_images(page)
+    assert len(images) == 5  # curves; ROC + confusion matrix for the test split and for site_b
+    assert all(img is not None and img.shape[0] > 200 and img.shape[1] > 200 for img in images)
+    for name in ("training_curves", "roc_test", "confusion_test", "roc_site_b", "confusion_site_b"):
+        assert cv2.imread(str(finished_run / "report" / f"{name}.png")) is not None, name
+    for heading in ("By magnification", "Per patient", "Quality control", "Stain normalizer", "Resolved recipe"):
+        assert heading in page, heading
+    assert "<script" not in page  # self-contained and static
+
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    split = pd.read_csv(finished_run / "split.csv", dtype={"group": str})
+    assert manifest["split_sha256"] == split_hash(split)
+    assert sum(sum(c.values()) for c in manifest["images"].values()) == len(split)
+    assert manifest["metrics"]["site_b"]["auc_ci95"] is not None and manifest["qc"]["site_b"]["checked"] > 0
+    assert manifest["stain_normalizer"]["name"] == "reinhard" and manifest["versions"]["torch"] == torch.__version__
+    assert manifest["hardware"]["cpu_count"] >= 1 and manifest["wall_seconds"] > 0
+    card = (finished_run / "MODEL_CARD.md").read_text()
+    assert "| test |" in card and "| site_b |" in card and "## Intended use" in card and "not for diagnosis" in card
+
+
+def test_histofuse_report_renders_again(finished_run):
+    shutil.rmtree(finished_run / "report")
+    (finished_run / "report.html").unlink()
+    result = run_cli(["report", str(finished_run)])
+    assert result.exit_code == 0, result.output
+    assert len(embedded_images((finished_run / "report.html").read_text())) == 5
+
+
+def test_predict_a_folder_with_a_corrupt_file_predicts_the_rest_and_names_it(finished_run, synthetic_root, tmp_path):
+    from histofuse.data.decode import decode_image
+    from histofuse.inference import LoadedRun
+
+    folder = tmp_path / "to predict"
+    (folder / "nested").mkdir(parents=True)
+    sources = sorted(synthetic_root.rglob("*.png"))[:3]
+    for i, source in enumerate(sources):
+        shutil.copy(source, (folder / "nested" if i == 2 else folder) / f"tile é{i}.png")
+    (folder / "corrupt.png").write_bytes(sources[0].read_bytes()[:200])
+    out = tmp_path / "predictions.csv"
+    result = run_cli(["predict", str(finished_run), str(folder), "--out", str(out), "--num-workers", "0", "--tta", "d4"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    table["error"] = table["error"].fillna("")
+    assert len(table) == 4
+    bad = table[table["error"] != ""]
+    assert bad["path"].tolist() == [str(folder / "corrupt.png")] and "truncated" in bad["error"].iloc[0]
+    assert "3 predicted, 1 unreadable" in result.output
+    run = LoadedRun(finished_run)
+    good = table[table["error"] == ""]
+    for row in good.itertuples(index=False):
+        expected = run.probabilities(run.preprocess(decode_image(row.path), False)[None], "d4")[0]
+        assert [row.prob_benign, row.prob_malignant] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert row.predicted == run.classes[int(run.decide(expected[None], "d4")[0])]
+    normalized = run_cli(["predict", str(finished_run), str(folder), "--normalize", "--num-workers", "0"])
+    assert normalized.exit_code == 0, normalized.output
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_onnx_and_torchscript_exports_match_pytorch(finished_run, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from histofuse.export import sample_batch
+    from histofuse.inference import LoadedRun
+
+    run = LoadedRun(finished_run)
+    batch, _ = sample_batch(run)
+    with torch.no_grad():
+        expected = run.model(batch).numpy()
+    result = run_cli(["export", str(finished_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for size in (1, len(batch)):  # the batch dimension is dynamic
+        got = session.run(None, {"image": batch[:size].numpy()})[0]
+        np.testing.assert_allclose(got, expected[:size], atol=1e-4)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["classes"] == run.classes and sidecar["max_abs_diff"] <= 1e-4
+    result = run_cli(["export", str(finished_run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(torch.jit.load(str(tmp_path / "m.pt"))(batch).detach().numpy(), expected, atol=1e-4)
+
+
+def test_explain_writes_a_heatmap_per_branch(finished_run, synthetic_root, tmp_path):
+    image = sorted(synthetic_root.rglob("*.png"))[0]
+    result = run_cli(["explain", str(finished_run), str(image), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "cnn (grad-cam)" in result.output and "vit (attention rollout)" in result.output
+    for branch in ("cnn", "vit"):
+        overlay = cv2.imread(str(tmp_path / f"{image.stem}_{branch}.png"))
+        assert overlay is not None and overlay.shape[:2] == (32, 32)
+
+
+def test_grad_cam_lights_up_the_object_that_drives_the_class():
+    """Blank image with one bright square; a CNN that pools positive feature maps: the heat sits on the square."""
+    from histofuse.explain import grad_cam
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    torch.nn.init.constant_(conv.weight, 0.1)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    torch.nn.init.constant_(model[4].weight, 1.0)
+    image = torch.zeros(1, 3, 16, 16)
+    image[:, :, 2:6, 9:13] = 1.0  # top right
+    heat = grad_cam(model, conv, image, target=1)
+    row, col = np.unravel_index(heat.argmax(), heat.shape)
+    assert 1 <= row <= 6 and 8 <= col <= 13
+    assert heat[:8, 8:].mean() > 5 * heat[8:, :8].mean()
+
+
+def test_the_web_app_refuses_bad_uploads_with_clear_messages(finished_run, synthetic_root):
+    from histofuse.inference import LoadedRun
+    from histofuse.serve import classify
+
+    run = LoadedRun(finished_run)
+    good = sorted(synthetic_root.rglob("*.png"))[0].read_bytes()
+    probabilities, decision, heatmaps, timing = classify(run, good, "reinhard", "paper7", max_bytes=10**6)
+    assert sum(probabilities.values()) == pytest.approx(1.0) and decision.split()[0] in run.classes
+    assert len(heatmaps) == 2 and "ms" in timing
+    for upload, message in (
+        (None, "Upload an image first"),
+        (b"", "Upload an image first"),
+        (good, "this app accepts up to 0 MB"),
+        (b"%PDF-1.4 not an image", "not an image this app can read"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            classify(run, upload, "none", "none", max_bytes=100 if upload == good else 10**6)
+    with pytest.raises(ValueError, match="Unknown test-time augmentation"):
+        classify(run, good, "none", "flip", max_bytes=10**6)
+    with pytest.raises(ValueError, match="Unknown stain normalization"):
+        classify(run, good, "/etc/passwd", "none", max_bytes=10**6)
+
+
+@pytest.mark.parametrize("vary_split", [False, True])
+def test_repeated_runs_report_mean_and_std(tmp_path, tiny_recipe_dict, vary_split):
+    from histofuse.manifest import split_hash
+
+    tiny_recipe_dict["evaluation"] = {"bootstrap": 0, "color_baseline": False}
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    args = ["run", str(recipe), "-o", str(tmp_path / "runs"), "--repeat", "2"] + (["--repeat-splits"] if vary_split else [])
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2
+    seeds = [json.loads((r / "model.json").read_text())["recipe"]["seed"] for r in runs]
+    assert seeds == [7, 8]
+    hashes = {split_hash(pd.read_csv(r / "split.csv", dtype={"group": str})) for r in runs}
+    assert len(hashes) == (2 if vary_split else 1)
+    [summary_file] = list((tmp_path / "runs").glob("*-x2.json"))
+    summary = json.loads(summary_file.read_text())["summary"]["test"]["auc"]
+    assert len(summary["values"]) == 2 and summary["mean"] == pytest.approx(np.mean(summary["values"]))
+    assert summary["std"] == pytest.approx(np.std(summary["values"], ddof=1))
+    assert "mean ± standard deviation" in result.output
+
+
+def test_a_space_export_starts_from_a_fresh_virtual_environment(finished_run, synthetic_root, tmp_path):
+    """The Space folder needs nothing from this repository: a new venv, its requirements, python app.py."""
+    import os
+    import subprocess
+    import sys
+
+    gradio_client = pytest.importorskip("gradio_client")
+    from test_serve_browser import free_port, wait_for
+
+    from histofuse.data.decode import decode_image
+    from histofuse.inference import LoadedRun
+
+    space = tmp_path / "space"
+    result = run_cli(["export", str(finished_run), "--format", "space", "--out", str(space)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "model.onnx", "model.onnx.json", "requirements.txt"]
+    assert (space / "README.md").read_text().startswith("---\ntitle: tiny\nsdk: gradio\n")
+    assert all("==" in line for line in (space / "requirements.txt").read_text().split())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(space / "requirements.txt")],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    server = subprocess.Popen([str(venv / "bin" / "python"), "app.py"], cwd=space, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**env, "PORT": str(port), "HOST": "127.0.0.1"})
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for(url, server)
+        client = gradio_client.Client(url, verbose=False)
+        image = sorted(synthetic_root.rglob("*.png"))[0]
+        label, decision, timing = client.predict(gradio_client.handle_file(str(image)), "paper7", api_name="/classify")
+        run = LoadedRun(finished_run)
+        expected = run.probabilities(run.preprocess(decode_image(image), False)[None], "paper7")[0]
+        got = {c["label"]: c["confidence"] for c in label["confidences"]}
+        for name, p in zip(run.classes, expected):
+            assert got[name] == pytest.approx(float(p), abs=1e-4)  # the same preprocessing, TTA and calibration
+        assert decision.split()[0] == run.classes[int(run.decide(expected[None], "paper7")[0])] and "ms" in timing
+        fake = tmp_path / "fake.png"
+        fake.write_text("not an image")
+        with pytest.raises(Exception, match="not an image this app can read"):
+            client.predict(gradio_client.handle_file(str(fake)), "none", api_name="/classify")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
