@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +32,9 @@ app.add_typer(recipe_app, name="recipe")
 
 
 app.add_typer(weights_app, name="weights")
+
+data_app = typer.Typer(help="Check the images a recipe or a dataset would use.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 plugin_app = typer.Typer(help="Start a plugin of your own.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
@@ -267,6 +271,73 @@ def export_run(
         f"preprocessing and classes in {target.name}.json",
         markup=False,
     )
+
+
+@data_app.command("check")
+def data_check(
+    target: str = typer.Argument(..., help="A recipe file, or a dataset name followed by its ROOT."),
+    root: Optional[Path] = typer.Argument(None, help="With a dataset name: the folder to scan."),
+    set_: Optional[List[str]] = SetOption,
+    option: Optional[List[str]] = typer.Option(None, "--option", help="With a dataset name: KEY=VALUE option (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write every finding to this CSV."),
+) -> None:
+    """Scan every image for what training would skip (missing, empty, truncated, not an image, too large),
+    convert (unusual depth/channels) or leak (the same bytes in two splits). Exit 1 when training is not safe."""
+    import pandas as pd
+
+    from histofuse.data_check import UNREADABLE, check_images, verdict
+
+    frame, max_pixels, max_failed = _images_to_check(target, root, set_, option)
+    columns = (TextColumn("  checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("check", total=len(frame))
+        findings = check_images(frame, max_pixels, progress=lambda: progress.advance(task))
+    table = Table(title=f"{len(frame)} images checked")
+    for column in ("kind", "files", "examples"):
+        table.add_column(column, overflow="fold")
+    by_kind: dict[str, list] = {}
+    for f in findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    for kind, items in sorted(by_kind.items(), key=lambda kv: (kv[0] not in UNREADABLE, kv[0])):
+        examples = "\n".join(f"{f.path} ({f.split}): {f.detail}" for f in items[:3]) + (f"\n... {len(items) - 3} more" if len(items) > 3 else "")
+        table.add_row(kind, str(len(items)), escape(examples))
+    console.print(table)
+    if out is not None:
+        pd.DataFrame([vars(f) for f in findings], columns=["path", "split", "kind", "detail"]).to_csv(out, index=False)
+        console.print(f"wrote {len(findings)} findings to {out}", markup=False)
+    safe, message = verdict(findings, len(frame), max_failed)
+    console.print(("[green]" if safe else "[bold red]") + escape(message) + "[/]")
+    if not safe:
+        raise typer.Exit(1)
+
+
+def _images_to_check(target: str, root: Optional[Path], overrides, options):
+    """(path/split frame, pixel limit, failure limit) for a recipe (its splits and [[evaluate]] sets) or a dataset."""
+    import pandas as pd
+
+    from histofuse.data.decode import MAX_PIXELS
+    from histofuse.recipe import DataConfig
+
+    if root is not None:
+        from histofuse.evaluate_run import scan_dataset
+
+        table = scan_dataset(_registry(), target, root, options or [])
+        defaults = DataConfig.model_fields
+        return table.assign(split="dataset")[["path", "split"]], MAX_PIXELS, defaults["max_failed_fraction"].default
+    from histofuse.data.split import split_by_group
+    from histofuse.evaluation import load_external
+    from histofuse.run import load_table
+
+    recipe, registry, _ = _load(Path(target), overrides)
+    table, classes = load_table(recipe, registry)
+    split = recipe.data.split
+    table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
+    frames = [table[["path", "split"]]]
+    for external in recipe.evaluate:
+        frames.append(load_external(external, registry, classes).assign(split=f"evaluate:{external.name}")[["path", "split"]])
+    # The same external set listed twice (raw, and with QC/normalization) is one set of files.
+    frame = pd.concat(frames).drop_duplicates(subset="path", keep="first").reset_index(drop=True)
+    return frame, recipe.data.max_image_pixels, recipe.data.max_failed_fraction
 
 
 @recipe_app.command("check")

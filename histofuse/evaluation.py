@@ -166,7 +166,7 @@ def evaluate_frame(
     metrics.update(
         name=name, loss=result.loss, tta=tta, normalized=normalize, temperature=temperature,
         auc_ci95=bootstrap_auc_ci(labels, probs, groups, bootstrap, seed), ece=expected_calibration_error(labels, probs),
-        failed_images=[p for p, _ in result.failed], qc=qc_info,
+        failed_images=dict(result.failed), qc=qc_info,
     )
     metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, threshold)
     metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
@@ -245,6 +245,7 @@ class Evaluator:
             frame, self.classes, self.transform, preprocess=normalizer.transform if normalize else None,
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
+            max_pixels=self.recipe.data.max_image_pixels,
         )
         batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
         loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))

@@ -29,7 +29,9 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
     if paths:
         if normalize and run.normalizer is not None and hasattr(run.normalizer, "adapt"):
             run.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
-        dataset = ImageTable(frame, run.classes, run.transform, preprocess=_normalizer(run, normalize))
+        dataset = ImageTable(
+            frame, run.classes, run.transform, preprocess=_normalizer(run, normalize), max_pixels=run.recipe.data.max_image_pixels
+        )
         loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
         columns = (TextColumn("  predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:

@@ -50,6 +50,7 @@ class DataConfig(_Section):
     eval_batch_size: int | None = Field(None, ge=1, le=4096)
     num_workers: int | None = Field(None, ge=0, le=256)
     max_failed_fraction: float = Field(0.05, ge=0, le=1)
+    max_image_pixels: int = Field(200_000_000, ge=1, description="images whose header claims more pixels are refused before decoding")
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @model_validator(mode="after")
@@ -73,7 +74,7 @@ class BackboneConfig(_Section):
 
 
 class HeadConfig(_Section):
-    hidden: int = Field(512, ge=1)
+    hidden: int = Field(512, ge=1, le=65536)
     dropout: float = Field(0.7, ge=0, lt=1)
 
 

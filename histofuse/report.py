@@ -158,7 +158,9 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in qc.get("reasons", {}).items()) or "none"
         parts.append("<h3>Quality control</h3>" + _table(["checked", "passed", "removed", "reasons"], [[qc["checked"], qc["passed"], qc["removed"], reasons]]))
     if m.get("failed_images"):
-        parts.append("<h3>Unreadable images (skipped)</h3><ul>" + "".join(f"<li>{_e(f)}</li>" for f in m["failed_images"]) + "</ul>")
+        parts.append(f"<h3>Unreadable images, skipped ({len(m['failed_images'])})</h3>" + _table(
+            ["file", "why"], [[path, reason] for path, reason in m["failed_images"].items()]
+        ))
     return "\n".join(parts)
 
 

@@ -175,14 +175,14 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
             stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter,
             stain_jitter_method=phase.stain_jitter_method,
         )
-        dataset = ImageTable(frames["train"], classes, transform, magnifications=magnifications)
+        dataset = ImageTable(frames["train"], classes, transform, magnifications=magnifications, max_pixels=data.max_image_pixels)
         balanced = recipe.training.sampler == "balanced"
         # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
         seed = recipe.seed * 1000 + phase_index
         return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
 
     def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
-        dataset = ImageTable(frame, classes, eval_transform, magnifications=magnifications)
+        dataset = ImageTable(frame, classes, eval_transform, magnifications=magnifications, max_pixels=data.max_image_pixels)
         return make_loader(dataset, eval_batch, train=False, num_workers=workers)
 
     weights = None
@@ -208,7 +208,9 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     )
     metrics["test"].update(
         best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
-        failed_images=sorted({*state.failed, *metrics["test"]["failed_images"]}), seconds=time.perf_counter() - started,
+        # Every image the run could not read (training, validation, test), with the reason: {path: reason}.
+        failed_images=dict(sorted({**state.failed, **metrics["test"]["failed_images"]}.items())), seconds=time.perf_counter() - started,
+        training_faults=state.faults,
     )
     _write_metrics(accelerator, run_dir, metrics)
     trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=state.epoch)

@@ -91,7 +91,10 @@ def build_app(run, max_bytes: int):
                 heatmaps = gr.Gallery(label="Where each branch looks", columns=2, height="auto", elem_id="heatmaps")
                 timing = gr.Textbox(label="Time", interactive=False, elem_id="timing")
         # One request at a time: Grad-CAM hooks the shared model, so concurrent requests must not interleave.
-        button.click(on_classify, [upload, normalization, tta], [probabilities, decision, heatmaps, timing], concurrency_limit=1)
+        button.click(
+            on_classify, [upload, normalization, tta], [probabilities, decision, heatmaps, timing], concurrency_limit=1,
+            api_name="classify",
+        )
     return app
 
 

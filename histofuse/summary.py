@@ -34,6 +34,10 @@ def check_model(recipe: Recipe, registry: Registry) -> tuple[list[str], object]:
         model = build_on_meta(recipe, registry, num_classes)
     except RecipeError as exc:
         return exc.problems, None
+    except Exception as exc:  # a plugin's factory refusing its inputs: still the recipe's problem, said plainly
+        names = ", ".join(f"{b.name} ({b.source}: {b.model})" for b in recipe.model.backbones)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [f"model: the model could not be built from this recipe ({names}; fusion {recipe.model.fusion}): {first}"], None
     problems = []
     for i, phase in enumerate(recipe.phases):
         try:

@@ -73,7 +73,8 @@ def test_one_corrupt_image_is_skipped_and_reported_not_fatal(tmp_path, tiny_reci
     assert result.exit_code == 0, result.output
     assert "skipped unreadable image" in result.output and victim.name in result.output
     metrics = json.loads((only_run_dir(tmp_path / "runs") / "metrics.json").read_text())["test"]
-    assert metrics["failed_images"] == [str(victim.resolve())]
+    assert list(metrics["failed_images"]) == [str(victim.resolve())]
+    assert "truncated" in metrics["failed_images"][str(victim.resolve())]
 
 
 def test_too_many_unreadable_images_stop_the_run_with_a_clear_error(tmp_path, tiny_recipe_dict, synthetic_root):

@@ -12,8 +12,33 @@ from histofuse.errors import ImageDecodeError
 # We report undecodable files ourselves, naming the file; OpenCV's own log lines would only add noise.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
+# 200 megapixels (about 14 000 x 14 000): far above any histology tile, far below what would exhaust memory.
+# OpenCV's own limit (2^30 pixels) would still let a 30 000 x 30 000 header allocate 2.7 GB before failing.
+MAX_PIXELS = 200_000_000
 
-def decode_image(path: str | Path) -> np.ndarray:
+
+def header_pixels(data: np.ndarray) -> tuple[int, str] | None:
+    """(pixel count, "W x H") from the file header alone, without decoding; None if Pillow cannot tell."""
+    import io
+    import re
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's complaints about broken EXIF and the like: OpenCV decides below
+            with Image.open(io.BytesIO(data.tobytes())) as image:
+                width, height = image.size
+                return width * height, f"{width} x {height}"
+    except Image.DecompressionBombError as exc:  # Pillow's own, lower limit: it only says how many pixels
+        count = int(re.search(r"\((\d+) pixels\)", str(exc)).group(1))
+        return count, f"{count:,}"
+    except Exception:  # not a format Pillow reads, or a broken header: OpenCV decides below
+        return None
+
+
+def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read ``path`` as an ``(H, W, 3)`` RGB uint8 array.
 
     Grayscale is replicated to three channels, 16-bit is scaled to 8-bit, and an
@@ -28,14 +53,20 @@ def decode_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
-    return decode_buffer(data, str(path))
+    return decode_buffer(data, str(path), max_pixels)
 
 
-def decode_buffer(data, where: str = "upload") -> np.ndarray:
+def decode_buffer(data, where: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Like :func:`decode_image`, for bytes already in memory (an upload); ``where`` names them in errors."""
     data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageDecodeError(where, "file is empty")
+    claimed = header_pixels(data)
+    if claimed is not None and claimed[0] > max_pixels:
+        raise ImageDecodeError(
+            where, f"its header claims {claimed[1]} pixels, above the limit of {max_pixels:,} (data.max_image_pixels); "
+            "refused before decoding"
+        )
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:

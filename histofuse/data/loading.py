@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histofuse.data.decode import decode_image
+from histofuse.data.decode import MAX_PIXELS, decode_image
 from histofuse.data.sampling import EpochSampler
 from histofuse.errors import ImageDecodeError
 
@@ -34,8 +34,10 @@ class ImageTable(Dataset):
         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
         color_stats: bool = False,
         magnifications: list[int] | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
         self.paths = table["path"].tolist()
+        self.max_pixels = max_pixels
         # Index of each image's magnification in ``magnifications`` + 1; 0 = unknown (or no such column).
         self.magnification = None
         if magnifications is not None:
@@ -56,7 +58,7 @@ class ImageTable(Dataset):
         """``key`` is an index, or an (index, augmentation seed) pair from :class:`EpochSampler`."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         try:
-            image = decode_image(self.paths[i])
+            image = decode_image(self.paths[i], self.max_pixels)
         except ImageDecodeError as exc:
             return {"index": i, "error": exc.reason, "path": self.paths[i]}
         if self.preprocess is not None:

@@ -40,6 +40,7 @@ class TrainingState:
     stale: int = 0
     phase_done: bool = False
     failed: dict[str, str] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)  # NaN losses and divergence warnings, for metrics.json
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainingState":

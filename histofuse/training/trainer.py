@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -90,6 +91,7 @@ class Trainer:
         model, optimizer, train_loader, val_loader = prepare_phase(
             self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
+        self.model_in_phase, self.phase_losses, self.warned_diverging = model, [], False
         state = self.state
         if continuing:
             # After prepare: the optimizer state then lands on the model's device.
@@ -111,8 +113,15 @@ class Trainer:
             train_loader.set_epoch(state.epoch)
             set_seed(epoch_seed(self.recipe.seed, state.epoch), device_specific=True)
             started = time.perf_counter()
-            train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
-            val = self.predict(model, val_loader)
+            try:
+                train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
+                val = self.predict(model, val_loader)
+                if not np.isfinite(val.logits).all():  # the last step's update broke the weights
+                    raise NonFiniteLoss("validation", float(val.loss))
+            except NonFiniteLoss as fault:
+                self._stop_phase_on_fault(index, phase, phase_epoch, fault)
+                break
+            self._warn_if_diverging(index, phase, train_loss)
             self._record_failures(val.failed)
             self._merge_failures_across_processes()
             self._check_failure_limit()
@@ -152,6 +161,41 @@ class Trainer:
             process_index=self.accelerator.process_index,
         )
 
+    def _stop_phase_on_fault(self, index: int, phase: PhaseConfig, phase_epoch: int, fault: "NonFiniteLoss") -> None:
+        """A NaN/inf loss ends the phase; the run goes on from the best weights, the last good checkpoint kept."""
+        state = self.state
+        step = "validation" if fault.step == "validation" else f"step {fault.step}"
+        where = f"phase '{phase.name}' (phases[{index}]), its epoch {phase_epoch}, {step}"
+        if not state.best_epoch:
+            raise HistofuseError(
+                f"the training loss became {fault.value} at {where}, before any epoch produced usable weights. "
+                f"Lower phases[{index}].lr (head {phase.lr.head:g}, backbone {phase.lr.backbone:g}) or keep training.grad_clip > 0."
+            )
+        message = (
+            f"the training loss became {fault.value} at {where}: phase stopped. Continuing from the best weights "
+            f"(epoch {state.best_epoch}); the last complete epoch checkpoint is kept. Lower phases[{index}].lr "
+            f"(head {phase.lr.head:g}, backbone {phase.lr.backbone:g}) or keep training.grad_clip > 0."
+        )
+        self.console.print(f"error: {message}", markup=False)
+        state.faults.append(message)
+        state.phase_done = True
+        state.epoch -= 1  # that epoch never completed
+        load_weights(self.accelerator.unwrap_model(self.model_in_phase), self.run_dir)
+
+    def _warn_if_diverging(self, index: int, phase: PhaseConfig, train_loss: float) -> None:
+        """Three rising epochs ending well above the phase's best: reported, not silently trained through."""
+        losses = self.phase_losses
+        losses.append(train_loss)
+        rising = len(losses) >= 4 and losses[-4] < losses[-3] < losses[-2] < losses[-1] and losses[-1] > 1.5 * min(losses)
+        if rising and not self.warned_diverging:
+            message = (
+                f"phase '{phase.name}': the training loss rose three epochs in a row ({losses[-4]:.4f} -> {losses[-1]:.4f}); "
+                f"the learning rate may be too high (phases[{index}].lr)"
+            )
+            self.console.print(f"warning: {message}", markup=False)
+            self.state.faults.append(message)
+            self.warned_diverging = True
+
     def _save_checkpoint(self, model, optimizer, scheduler) -> None:
         """Best weights and the epoch checkpoint are complete on disk before any process moves on."""
         if self.training.checkpoints.enabled and self.accelerator.is_main_process:
@@ -174,7 +218,7 @@ class Trainer:
 
     def _train_epoch(self, model, optimizer, loader, phase: PhaseConfig, phase_epoch: int) -> float:
         model.train()
-        total, seen = 0.0, 0
+        total, seen, step = 0.0, 0, 0
         with EpochProgress(self.console, f"{phase.name} {phase_epoch}/{phase.epochs}", len(loader), self.accelerator.is_main_process) as bar:
             for batch in loader:
                 self._record_failures(batch["failed"])
@@ -184,6 +228,9 @@ class Trainer:
                     with self.accelerator.accumulate(model):
                         extra = (batch["magnification"],) if "magnification" in batch else ()
                         loss = self.criterion(model(batch["image"], *extra), batch["label"])
+                        step += 1
+                        if not self._finite_everywhere(loss):
+                            raise NonFiniteLoss(step, loss.item())
                         self.accelerator.backward(loss)
                         if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
                             self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
@@ -212,6 +259,14 @@ class Trainer:
             return True
         gain = self.sign * (score - self.state.best)
         return gain > self.training.early_stopping.min_delta or (gain == 0 and loss < self.state.best_loss)
+
+    def _finite_everywhere(self, loss) -> bool:
+        """Checked on every process together, so all of them stop at the same step."""
+        finite = torch.isfinite(loss.detach()).all()
+        if self.accelerator.num_processes == 1:
+            return bool(finite)
+        flag = finite.to(torch.int64).reshape(1)
+        return bool(self.accelerator.reduce(flag, reduction="min").item())
 
     def _every_process_can_step(self, batch: dict) -> bool:
         """Skip a batch on every process together when any process lacks a usable one.
@@ -250,6 +305,12 @@ class Trainer:
                 f"data.max_failed_fraction = {limit:g} (first: {first[0]}: {first[1]}). Fix or remove those files, "
                 "or raise the limit."
             )
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int | str, value: float):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value = step, value
 
 
 def _describe(trainable: dict[str, int]) -> str:

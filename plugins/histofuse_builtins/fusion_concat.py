@@ -9,7 +9,7 @@ import histofuse
 
 class ConcatOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    dim: int = Field(1024, ge=1, description="width of the fused feature")
+    dim: int = Field(1024, ge=1, le=65536, description="width of the fused feature")
     dropout: float = Field(0.6, ge=0, lt=1)
 
 

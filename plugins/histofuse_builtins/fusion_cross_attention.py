@@ -20,9 +20,9 @@ import histofuse
 
 class CrossAttentionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    dim: int = Field(1024, ge=1, description="width of the fused feature")
-    width: int = Field(256, ge=8, description="token width inside the attention layers")
-    heads: int = Field(8, ge=1)
+    dim: int = Field(1024, ge=1, le=65536, description="width of the fused feature")
+    width: int = Field(256, ge=8, le=8192, description="token width inside the attention layers")
+    heads: int = Field(8, ge=1, le=128)
     depth: int = Field(1, ge=1, le=12)
     dropout: float = Field(0.1, ge=0, lt=1)
     direction: Literal["both", "one_way"] = "both"

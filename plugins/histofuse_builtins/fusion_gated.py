@@ -11,7 +11,7 @@ import histofuse
 
 class GatedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    dim: int = Field(1024, ge=1, description="common width each backbone is projected to")
+    dim: int = Field(1024, ge=1, le=65536, description="common width each backbone is projected to")
     dropout: float = Field(0.6, ge=0, lt=1)
 
 

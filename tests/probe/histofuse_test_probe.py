@@ -4,7 +4,9 @@ HISTOFUSE_PROBE_DUMP=1: after each phase, every process saves its model's
 state dict (and which parameters trained) under RUN_DIR/probe/.
 HISTOFUSE_PROBE_KILL="PHASE:STEP": the process sends itself SIGKILL at that
 optimizer step of that phase (0-based phase), mid-epoch, like a cluster
-scheduler would. The optimizer is otherwise exactly the built-in AdamW.
+scheduler would. HISTOFUSE_PROBE_NAN="PHASE:STEP": after that step the first
+trainable parameter becomes NaN, as a diverging run's would. The optimizer is
+otherwise exactly the built-in AdamW.
 """
 
 import json
@@ -19,27 +21,37 @@ _phase = {"index": -1}
 
 
 class KillableAdamW(torch.optim.AdamW):
-    def __init__(self, *args, kill_at: int | None = None, **kwargs):
+    def __init__(self, *args, kill_at: int | None = None, nan_at: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kill_at = kill_at
+        self.kill_at, self.nan_at = kill_at, nan_at
         self.steps = 0
 
     def step(self, closure=None):
         self.steps += 1
         if self.kill_at is not None and self.steps == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().step(closure)
+        result = super().step(closure)
+        if self.nan_at is not None and self.steps == self.nan_at:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
 
 
 @histofuse.hookimpl
 def make_optimizer(param_groups, training):
     _phase["index"] += 1
-    kill = os.environ.get("HISTOFUSE_PROBE_KILL")
-    kill_at = None
-    if kill:
-        phase, step = (int(v) for v in kill.split(":"))
-        kill_at = step if phase == _phase["index"] else None
-    return KillableAdamW(param_groups, weight_decay=training.weight_decay, kill_at=kill_at)
+    return KillableAdamW(
+        param_groups, weight_decay=training.weight_decay, kill_at=_at("HISTOFUSE_PROBE_KILL"), nan_at=_at("HISTOFUSE_PROBE_NAN")
+    )
+
+
+def _at(variable: str) -> int | None:
+    """The step named by PHASE:STEP in ``variable`` if PHASE is the current phase."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    phase, step = (int(v) for v in value.split(":"))
+    return step if phase == _phase["index"] else None
 
 
 @histofuse.hookimpl
