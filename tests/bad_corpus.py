@@ -7,6 +7,7 @@ given pixels, or a substring of the reason it is refused.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -94,6 +95,7 @@ def seed_breakhis_tree(root: Path) -> tuple[dict[str, str], dict[str, np.ndarray
     bad = write_bad(benign.parent, benign.name[: -len("-001.png")])
     unusual = write_unusual(malignant.parent, malignant.name[: -len("-001.png")])
     (benign.parent / benign.name.replace("-001.png", "-999.png")).mkdir()  # a directory named like an image
+    shutil.copy(benign, benign.parent / "copie é 测试.png")  # a unicode name that is not a BreaKHis name
     loop = benign.parent.parent / "loop"
     os.symlink(benign.parent.parent, loop, target_is_directory=True)  # a symlink loop inside the tree
     return bad, unusual

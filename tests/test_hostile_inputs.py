@@ -91,6 +91,7 @@ def test_training_on_a_tree_seeded_with_every_bad_file_finishes_and_names_each(s
     split = pd.read_csv(run_dir / "split.csv")
     assert set(unusual) <= set(split["path"])  # converted and used, not skipped
     assert not any("-999.png" in p or "/loop/" in p for p in split["path"])  # no folder, no looped copies
+    assert not any("copie é 测试" in p for p in split["path"])  # not a BreaKHis name: reported by the scan, not used
 
 
 def probe_env(**extra) -> dict:

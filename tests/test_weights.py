@@ -151,3 +151,36 @@ def test_offline_imagenet_weights_load_and_beat_random_initialisation(registry):
         aucs[name] = roc_auc_score(labels, scores[:, 1])
     assert aucs["imagenet"] > aucs["random"] + 0.1, aucs
     assert np.isfinite(list(aucs.values())).all()
+
+
+def test_a_crafted_pickle_in_a_weights_file_never_runs(tmp_path, build):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=2))
+    with pytest.raises(WeightsError) as caught:
+        build(model="test_efficientnet", pretrained=str(path), image_size=32)
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_truncated_or_tampered_safetensors_file_fails_with_a_clear_message(tmp_path, build, damage):
+    source = timm.create_model("test_efficientnet", pretrained=False)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[8:40] = b"{" * 32  # the JSON header is garbage now
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as caught:
+        build(model="test_efficientnet", pretrained=str(path), image_size=32)
+    assert str(path) in str(caught.value)
