@@ -26,6 +26,24 @@ fi
     python benchmarks/stain_matrix.py --torchstain-python "$TS_ENV/bin/python"
     echo '```'
     echo
+    echo "## Training input pipeline and decode cache"
+    echo
+    echo '```'
+    python benchmarks/pipeline.py
+    echo '```'
+    echo
+    echo "## Model speed: frozen phase, bf16 + channels-last, batched TTA, start-up"
+    echo
+    echo '```'
+    python benchmarks/model_speed.py
+    echo '```'
+    echo
+    echo "## Web app under load"
+    echo
+    echo '```'
+    python benchmarks/serve_load.py --clients 8 --requests 20 2>/dev/null | grep -v "^\[" 
+    echo '```'
+    echo
     echo "## Fusion heads"
     echo
     echo '```'

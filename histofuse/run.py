@@ -159,6 +159,9 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     console.print(_split_summary(table, classes), markup=False)
 
     model = build_model(recipe, registry, len(classes))
+    if recipe.training.channels_last:
+        # Weights in NHWC make every convolution produce NHWC; inputs are converted by the first one.
+        model = model.to(memory_format=torch.channels_last)
     console.print(f"model: {count_parameters(model) / 1e6:.2f}M parameters")
     frames = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
     data = recipe.data
@@ -168,6 +171,13 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
 
     magnifications = recipe.model.magnification.values if recipe.model.magnification.enabled else None
+    cache = None
+    if data.cache:
+        from histofuse.data.cache import default_cache_dir, warm_cache
+
+        with accelerator.main_process_first():  # one process builds, the others then read what it wrote
+            cache = warm_cache(table["path"].tolist(), Path(data.cache_dir or default_cache_dir()), data.resize_to,
+                               data.max_image_pixels, console)
 
     def make_train_loader(phase_index: int, strength: str):
         phase = recipe.phases[phase_index]
@@ -175,14 +185,18 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
             stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter,
             stain_jitter_method=phase.stain_jitter_method,
         )
-        dataset = ImageTable(frames["train"], classes, transform, magnifications=magnifications, max_pixels=data.max_image_pixels)
+        dataset = ImageTable(
+            frames["train"], classes, transform, magnifications=magnifications, max_pixels=data.max_image_pixels, cache=cache
+        )
         balanced = recipe.training.sampler == "balanced"
         # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
         seed = recipe.seed * 1000 + phase_index
         return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
 
     def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
-        dataset = ImageTable(frame, classes, eval_transform, magnifications=magnifications, max_pixels=data.max_image_pixels)
+        dataset = ImageTable(
+            frame, classes, eval_transform, magnifications=magnifications, max_pixels=data.max_image_pixels, cache=cache
+        )
         return make_loader(dataset, eval_batch, train=False, num_workers=workers)
 
     weights = None

@@ -35,9 +35,12 @@ class ImageTable(Dataset):
         color_stats: bool = False,
         magnifications: list[int] | None = None,
         max_pixels: int = MAX_PIXELS,
+        cache=None,
     ):
         self.paths = table["path"].tolist()
         self.max_pixels = max_pixels
+        # Stain normalization needs the full-resolution image, so a normalizing table reads the source files.
+        self.cache = cache if preprocess is None else None
         # Index of each image's magnification in ``magnifications`` + 1; 0 = unknown (or no such column).
         self.magnification = None
         if magnifications is not None:
@@ -58,7 +61,7 @@ class ImageTable(Dataset):
         """``key`` is an index, or an (index, augmentation seed) pair from :class:`EpochSampler`."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         try:
-            image = decode_image(self.paths[i], self.max_pixels)
+            image = self.cache.load(self.paths[i]) if self.cache is not None else decode_image(self.paths[i], self.max_pixels)
         except ImageDecodeError as exc:
             return {"index": i, "error": exc.reason, "path": self.paths[i]}
         if self.preprocess is not None:

@@ -1,0 +1,137 @@
+"""Model-side speed on this machine (both cores), each against its baseline in the same run:
+
+  - phase-1 training step (backbones frozen: no autograd through them, eval mode) vs the inference forward of the
+    same batch, on the paper's architecture (EfficientNetV2-S + ViT-B/16, random weights);
+  - a full training step (everything unfrozen) in bf16 + channels-last (recipe options) vs fp32;
+  - TTA: the views in one batched forward vs one forward per view, at several batch sizes (quick-start model);
+  - `histofuse --help` start-up time.
+
+Rerun:
+    python benchmarks/model_speed.py [--batch 8] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+def build(recipe_path: Path, image_size: int | None = None):
+    from histofuse.model import build_model
+    from histofuse.recipe import load_recipe
+    from histofuse.registry import default_registry
+
+    overrides = [f"data.image_size={image_size}"] if image_size else []
+    recipe = load_recipe(recipe_path, overrides)
+    for backbone in recipe.model.backbones:
+        backbone.pretrained = False
+    return recipe, build_model(recipe, default_registry(), 2, pretrained=False)
+
+
+def training_step(model, optimizer, x, y, autocast: bool):
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def phase1_vs_inference(batch: int, repeats: int) -> list[str]:
+    from histofuse.model import apply_phase
+
+    recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
+    x, y = torch.rand(batch, 3, 224, 224), torch.randint(0, 2, (batch,))
+    plan = apply_phase(model, recipe.phases[0])
+    model.train()
+    optimizer = torch.optim.AdamW(plan.param_groups)
+    step = median_seconds(training_step(model, optimizer, x, y, False), repeats)
+    model.eval()
+    with torch.no_grad():
+        forward = median_seconds(lambda: model(x), repeats)
+    ratio = np.median(step) / np.median(forward)
+    return [f"phase-1 step (frozen backbones), batch {batch}: {np.median(step):.2f} s vs inference forward "
+            f"{np.median(forward):.2f} s -> {ratio:.3f}x (target <= 1.15x)"]
+
+
+def bf16_channels_last_vs_fp32(batch: int, repeats: int) -> list[str]:
+    from histofuse.model import apply_phase
+
+    lines, results = [], {}
+    for name, autocast, channels_last in (("fp32", False, False), ("bf16 + channels-last", True, True)):
+        recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
+        plan = apply_phase(model, recipe.phases[-1])  # everything trains
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = torch.optim.AdamW(plan.param_groups)
+        x, y = torch.rand(batch, 3, 224, 224), torch.randint(0, 2, (batch,))
+        results[name] = median_seconds(training_step(model, optimizer, x, y, autocast), repeats)
+        lines.append(f"full training step, batch {batch}, {name}: {np.median(results[name]):.2f} s "
+                     f"({batch / np.median(results[name]):.2f} images/s)")
+    lines.append(f"bf16 + channels-last speed-up: {np.median(results['fp32']) / np.median(results['bf16 + channels-last']):.2f}x "
+                 "(target >= 2.5x; needs a CPU with AVX-512-BF16/AMX)")
+    return lines
+
+
+def tta_batched_vs_looped(repeats: int) -> list[str]:
+    from histofuse.tta import MODES, predict_logits, view
+
+    _, model = build(REPO / "recipes" / "quickstart.toml", image_size=112)
+    model.eval()
+    lines = []
+    for batch in (1, 4, 16):
+        x = torch.rand(batch, 3, 112, 112)
+
+        def looped():
+            probs = torch.stack([model(view(x, name)).softmax(1) for name in MODES["d4"]]).mean(0)
+            return probs.log()
+
+        with torch.no_grad():
+            batched = median_seconds(lambda: predict_logits(model, x, "d4"), repeats)
+            loop = median_seconds(looped, repeats)
+        lines.append(f"TTA d4, batch {batch:>2}: batched {np.median(batched) * 1000:.1f} ms, looped {np.median(loop) * 1000:.1f} ms "
+                     f"-> batched is {np.median(loop) / np.median(batched):.2f}x as fast")
+    return lines
+
+
+def help_time(repeats: int) -> list[str]:
+    times = median_seconds(lambda: subprocess.run([sys.executable, "-m", "histofuse", "--help"], check=True,
+                                                  capture_output=True), repeats)
+    return [f"histofuse --help: {np.median(times):.2f} s (min {times.min():.2f}; target <= 0.5 s)"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"# model speed, {torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} repeats")
+    for section in (phase1_vs_inference(args.batch, args.repeats), bf16_channels_last_vs_fp32(max(2, args.batch // 2), args.repeats),
+                    tta_batched_vs_looped(max(args.repeats, 5)), help_time(5)):
+        print("\n".join(section))
+    print(f"\nrerun: {sys.executable} benchmarks/model_speed.py --batch {args.batch} --repeats {args.repeats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""An on-disk cache of decoded, resized images, memory-mapped when read.
+
+An entry is one ``.npy`` file named by the SHA-256 of the source file's bytes and the
+resize setting, so a changed file or setting is simply another entry. Entries are
+written under a temporary name and renamed into place: a killed build or two
+processes building at once never leave a half-written entry where a reader looks.
+A per-process index maps (path, size, mtime) to the entry, so a warm epoch reads
+no source file at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from histofuse.data.decode import MAX_PIXELS, decode_buffer
+from histofuse.errors import ImageDecodeError
+
+VERSION = "1"  # bump when the decoded representation changes
+
+
+class DecodeCache:
+    def __init__(self, folder: Path, resize: int, max_pixels: int = MAX_PIXELS):
+        self.folder = Path(folder)
+        self.resize = resize
+        self.max_pixels = max_pixels
+        self.index: dict[tuple[str, int, int], Path] = {}
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self, path: str) -> np.ndarray:
+        """The image at ``path`` decoded and resized (shorter side = ``resize``), from the cache when it is there."""
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
+        fingerprint = (str(path), stat.st_size, stat.st_mtime_ns)
+        entry = self.index.get(fingerprint)
+        if entry is not None:
+            try:
+                return np.load(entry, mmap_mode="r")
+            except (OSError, ValueError):  # removed or damaged since: rebuild below
+                self.index.pop(fingerprint, None)
+        data = np.fromfile(path, dtype=np.uint8)
+        entry = self.folder / f"{self._key(data)}.npy"
+        if entry.exists():
+            try:
+                image = np.load(entry, mmap_mode="r")
+                self.index[fingerprint] = entry
+                return image
+            except (OSError, ValueError):
+                pass
+        image = self.shrink(decode_buffer(data, str(path), self.max_pixels))
+        self._write(entry, image)
+        self.index[fingerprint] = entry
+        return image
+
+    def _key(self, data: np.ndarray) -> str:
+        digest = hashlib.sha256(data.tobytes())
+        digest.update(f"|resize={self.resize}|v{VERSION}".encode())
+        return digest.hexdigest()
+
+    def shrink(self, image: np.ndarray) -> np.ndarray:
+        """Shorter side to ``resize`` with area interpolation: what the transforms' first step would do anyway."""
+        h, w = image.shape[:2]
+        scale = self.resize / min(h, w)
+        if scale >= 1:
+            return image
+        size = (max(self.resize, round(w * scale)), max(self.resize, round(h * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _write(self, entry: Path, image: np.ndarray) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".building-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(image))
+            os.replace(tmp, entry)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "histofuse" / "decoded"
+
+
+def warm_cache(paths: list[str], folder: Path, resize: int, max_pixels: int, console) -> DecodeCache:
+    """Decode every image into the cache once, with a progress bar; unreadable files are left to the loader to report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cache = DecodeCache(folder, resize, max_pixels)
+    columns = (TextColumn("  decode cache"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("cache", total=len(paths))
+        for path in paths:
+            try:
+                cache.load(path)
+            except ImageDecodeError:
+                pass
+            progress.advance(task)
+    console.print(f"decode cache: {len(cache.index)} images at shorter side {resize} in {folder}", markup=False)
+    return cache

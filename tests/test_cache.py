@@ -1,0 +1,79 @@
+"""The decode cache: same pixels as decoding, invalidated by a changed file, safe under concurrent and killed builds."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from histofuse.data.cache import DecodeCache
+from histofuse.data.decode import decode_image
+
+BUILD = """
+import sys
+from pathlib import Path
+from histofuse.data.cache import DecodeCache
+cache = DecodeCache(Path(sys.argv[1]), int(sys.argv[2]))
+for path in sys.argv[3:]:
+    cache.load(path)
+print("built", len(cache.index))
+"""
+
+
+@pytest.fixture
+def images(synthetic_root):
+    return [str(p) for p in sorted(synthetic_root.rglob("*.png"))[:24]]
+
+
+def test_cached_images_give_the_same_tensors_as_decoding(tmp_path, images):
+    from histofuse_builtins.defaults import build_transforms
+
+    cache = DecodeCache(tmp_path / "cache", resize=40)
+    for stage, strength in (("eval", "none"), ("train", "strong")):
+        transform = build_transforms(stage, strength, 32, 40, 0.5)
+        for path in images[:6]:
+            transform.set_random_seed(3)
+            direct = transform(decode_image(path))
+            transform.set_random_seed(3)
+            cached = transform(cache.load(path))  # the second time: a memory-mapped read
+            transform.set_random_seed(3)
+            assert np.array_equal(direct.numpy(), cached.numpy()) and np.array_equal(cached.numpy(), transform(cache.load(path)).numpy())
+    assert isinstance(cache.load(images[0]), np.memmap)
+
+
+def test_a_changed_source_file_or_setting_is_a_new_entry(tmp_path, images):
+    import shutil
+
+    source = tmp_path / "tile.png"
+    shutil.copy(images[0], source)
+    cache = DecodeCache(tmp_path / "cache", resize=40)
+    first = np.array(cache.load(str(source)))
+    shutil.copy(images[1], source)
+    os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = np.array(cache.load(str(source)))
+    assert not np.array_equal(first, second)
+    assert np.array_equal(second, DecodeCache(tmp_path / "other", 40).shrink(decode_image(source)))
+    DecodeCache(tmp_path / "cache", resize=48).load(str(source))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3  # two contents at 40 px, one at 48 px
+
+
+def test_two_processes_building_at_once_and_a_killed_build_leave_only_complete_entries(tmp_path, images):
+    folder = tmp_path / "cache"
+    builders = [subprocess.Popen([sys.executable, "-c", BUILD, str(folder), "40", *images], stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    assert [b.communicate(timeout=300)[0].strip() for b in builders] == ["built 24", "built 24"]
+    killed = subprocess.Popen([sys.executable, "-c", BUILD, str(tmp_path / "killed"), "40", *images * 20])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "killed").glob("*.npy"))) < 5:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    for root in (folder, tmp_path / "killed"):
+        reader = DecodeCache(root, 40)
+        for path in images:
+            assert np.array_equal(reader.load(path), reader.shrink(decode_image(path)))
+        assert all(not p.name.startswith(".building-") or p.suffix == ".npy" for p in root.iterdir())
+    assert len(list(folder.glob("*.npy"))) == 24
