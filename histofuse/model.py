@@ -80,9 +80,13 @@ class HybridModel(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
-        fused = self.fusion(self.features(x))
+        return self.classify(self.features(x), magnification)
+
+    def classify(self, features: list[torch.Tensor], magnification: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion and head on the backbones' outputs: what a phase with cached features trains."""
+        fused = self.fusion(features)
         if self.magnification is not None:
-            fused = torch.cat([fused, self.magnification(magnification, len(x), x.device)], dim=1)
+            fused = torch.cat([fused, self.magnification(magnification, len(fused), fused.device)], dim=1)
         return self.head(fused)
 
     def train(self, mode: bool = True) -> "HybridModel":

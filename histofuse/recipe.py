@@ -116,6 +116,25 @@ class PhaseConfig(_Section):
     augment: Literal["strong", "medium", "light", "none"] = "strong"
     stain_jitter: float = Field(0.0, ge=0, le=1)
     stain_jitter_method: Literal["hestain", "macenko"] = "hestain"
+    cache_features: bool = Field(
+        False, description="compute the frozen backbones' features once and train fusion + head on them (needs "
+        'unfreeze = "none", augment = "none", stain_jitter = 0)'
+    )
+
+    @model_validator(mode="after")
+    def _cached_features_need_a_frozen_deterministic_phase(self) -> "PhaseConfig":
+        if self.cache_features:
+            problems = [f"{key} = {value}" for key, value, ok in (
+                ("unfreeze", repr(self.unfreeze), self.unfreeze == "none" or (isinstance(self.unfreeze, dict) and not any(self.unfreeze.values()))),
+                ("augment", repr(self.augment), self.augment == "none"),
+                ("stain_jitter", self.stain_jitter, self.stain_jitter == 0),
+            ) if not ok]
+            if problems:
+                raise ValueError(
+                    "cache_features reuses one pass of the backbones, so the phase must train no backbone and see every "
+                    f'image the same way each epoch (unfreeze = "none", augment = "none", stain_jitter = 0); here {", ".join(problems)}'
+                )
+        return self
 
 
 class PlateauConfig(_Section):

@@ -77,3 +77,49 @@ def test_two_processes_building_at_once_and_a_killed_build_leave_only_complete_e
             assert np.array_equal(reader.load(path), reader.shrink(decode_image(path)))
         assert all(not p.name.startswith(".building-") or p.suffix == ".npy" for p in root.iterdir())
     assert len(list(folder.glob("*.npy"))) == 24
+
+
+def test_a_phase_on_cached_features_trains_the_head_on_what_the_backbones_compute(tmp_path, tiny_recipe_dict):
+    import json
+
+    import pandas as pd
+    import torch
+
+    from conftest import write_toml
+    from histofuse.training.feature_cache import FeatureBank
+    from test_run import only_run_dir, run_cli
+
+    tiny_recipe_dict["phases"][0].update(augment="none", cache_features=True, epochs=3)
+    recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
+    result = run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "cached features of" in result.output
+    history = pd.read_csv(only_run_dir(tmp_path / "runs") / "history.csv")
+    assert history["phase"].tolist() == ["head"] * 3 + ["partial", "full"]
+    assert json.loads((only_run_dir(tmp_path / "runs") / "metrics.json").read_text())["test"]["n"] > 0
+
+    from histofuse.data.loading import ImageTable
+    from histofuse.evaluation import make_eval_transform
+    from histofuse.model import build_model
+    from histofuse.recipe import parse_recipe
+    from histofuse.registry import default_registry
+
+    parsed = parse_recipe(tiny_recipe_dict)
+    registry = default_registry()
+    model = build_model(parsed, registry, 2, pretrained=False).eval()
+    frame = pd.read_csv(only_run_dir(tmp_path / "runs") / "split.csv", dtype={"group": str, "label": str})
+    dataset = ImageTable(frame.head(10), ["benign", "malignant"], make_eval_transform(registry.pm.hook, parsed.data))
+    bank = FeatureBank.compute(model, dataset, 4, 0, "cpu")
+    with torch.no_grad():
+        direct = model.features(torch.stack([dataset[i]["image"] for i in range(10)]))
+    for cached, computed in zip(bank.features, direct):
+        torch.testing.assert_close(cached, computed)
+
+
+def test_cached_features_are_refused_for_a_phase_that_trains_backbones_or_augments(tiny_recipe_dict):
+    from histofuse.errors import RecipeError
+    from histofuse.recipe import parse_recipe
+
+    tiny_recipe_dict["phases"][1]["cache_features"] = True
+    with pytest.raises(RecipeError, match=r'phases\[1\].*unfreeze = \{.cnn.: 2, .vit.: 2\}, augment = .medium.'):
+        parse_recipe(tiny_recipe_dict)

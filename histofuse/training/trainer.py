@@ -92,6 +92,7 @@ class Trainer:
             self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
         self.model_in_phase, self.phase_losses, self.warned_diverging = model, [], False
+        banks = self._feature_banks(index, model, train_loader, val_loader) if phase.cache_features else None
         state = self.state
         if continuing:
             # After prepare: the optimizer state then lands on the model's device.
@@ -114,8 +115,13 @@ class Trainer:
             set_seed(epoch_seed(self.recipe.seed, state.epoch), device_specific=True)
             started = time.perf_counter()
             try:
-                train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
-                val = self.predict(model, val_loader)
+                if banks is not None:
+                    banks[2].set_epoch(state.epoch)
+                    train_loss = self._train_epoch_on_features(model, optimizer, banks, phase, phase_epoch)
+                    val = banks[1].predict(self.accelerator.unwrap_model(model), len(self.classes))
+                else:
+                    train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
+                    val = self.predict(model, val_loader)
                 if not np.isfinite(val.logits).all():  # the last step's update broke the weights
                     raise NonFiniteLoss("validation", float(val.loss))
             except NonFiniteLoss as fault:
@@ -239,6 +245,48 @@ class Trainer:
                     total += loss.item() * len(batch["label"])
                     seen += len(batch["label"])
                 bar.advance(loss=total / max(seen, 1))
+        return total / max(seen, 1)
+
+    def _feature_banks(self, index: int, model, train_loader, val_loader):
+        """(train bank, validation bank, sampler over the train bank): one pass of the frozen backbones per split."""
+        from histofuse.training.feature_cache import FeatureBank, bank_sampler
+
+        if self.accelerator.num_processes > 1:
+            raise HistofuseError(
+                f"phases[{index}].cache_features runs on one process (the features of a head-only phase fit one); "
+                "launch without several processes, or set cache_features = false"
+            )
+        unwrapped = self.accelerator.unwrap_model(model)
+        started = time.perf_counter()
+        size = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
+        with self.accelerator.autocast():
+            train = FeatureBank.compute(unwrapped, train_loader.dataset, size, train_loader.num_workers, self.accelerator.device)
+            val = FeatureBank.compute(unwrapped, val_loader.dataset, size, val_loader.num_workers, self.accelerator.device)
+        self._record_failures(train.failed + val.failed)
+        self.accelerator.print(
+            f"cached features of {len(train)} training and {len(val)} validation images in {time.perf_counter() - started:.1f} s"
+        )
+        sampler = bank_sampler(train, self.training.sampler == "balanced", self.recipe.seed * 1000 + index)
+        return train, val, sampler
+
+    def _train_epoch_on_features(self, model, optimizer, banks, phase: PhaseConfig, phase_epoch: int) -> float:
+        train, _, sampler = banks
+        head = self.accelerator.unwrap_model(model)
+        head.train()
+        total, seen, step = 0.0, 0, 0
+        for features, labels, magnification in train.batches(sampler, self.recipe.data.batch_size):
+            with self.accelerator.autocast():
+                loss = self.criterion(head.classify(features, magnification), labels)
+            step += 1
+            if not self._finite_everywhere(loss):
+                raise NonFiniteLoss(step, loss.item())
+            self.accelerator.backward(loss)
+            if self.training.grad_clip > 0:
+                self.accelerator.clip_grad_norm_(head.parameters(), self.training.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(labels)
+            seen += len(labels)
         return total / max(seen, 1)
 
     def predict(self, model, loader, tta: str = "none") -> Predictions:
