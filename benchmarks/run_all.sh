@@ -38,6 +38,12 @@ fi
     python benchmarks/model_speed.py
     echo '```'
     echo
+    echo "## Framework overhead per epoch"
+    echo
+    echo '```'
+    python benchmarks/overhead.py
+    echo '```'
+    echo
     echo "## Web app under load"
     echo
     echo '```'

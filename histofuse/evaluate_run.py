@@ -83,8 +83,8 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
         raise HistofuseError(f"{run_dir} is not a finished run directory: {', '.join(missing)} missing")
     if name == "test":
         raise HistofuseError("--name test is reserved for the run's own test split; choose another name")
-    if tta not in ("none", "paper7", "d4"):
-        raise RecipeError("--tta", [f"expected none, paper7 or d4, got '{tta}'"])
+    if tta not in ("none", "paper7", "d4", "crops5"):
+        raise RecipeError("--tta", [f"expected none, paper7, d4 or crops5, got '{tta}'"])
     recipe = load_recipe(run_dir / "recipe.toml")
     registry = default_registry()
     meta = json.loads((run_dir / "model.json").read_text())

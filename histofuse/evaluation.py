@@ -192,11 +192,14 @@ def evaluate_frame(
     return metrics
 
 
-def make_eval_transform(hooks, data):
-    """Resize and centre-crop as the recipe's data section says; no randomness."""
+def make_eval_transform(hooks, data, tta: str = "none"):
+    """Resize and centre-crop as the recipe's data section says; no randomness. Multi-crop TTA keeps the whole
+    resized square, from which its views are cut."""
+    from histofuse.tta import MULTI_CROP
+
+    size = data.resize_to if tta in MULTI_CROP else data.image_size
     return hooks.make_transforms(
-        stage="eval", strength="none", image_size=data.image_size, resize=data.resize_to, stain_jitter=0.0,
-        stain_jitter_method="hestain",
+        stage="eval", strength="none", image_size=size, resize=data.resize_to, stain_jitter=0.0, stain_jitter_method="hestain",
     )
 
 
@@ -229,7 +232,7 @@ class Evaluator:
         self.normalizer = build_normalizer(registry, state.normalizer)
         data = recipe.data
         self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
-        self.transform = make_eval_transform(registry.pm.hook, data)
+        self.transforms = {tta: make_eval_transform(registry.pm.hook, data, tta) for tta in ("none", "crops5")}
 
     def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool, normalizer=None):
         """Predictions for ``frame``; ``normalize`` uses the run's normalizer, or ``normalizer`` when given."""
@@ -242,14 +245,15 @@ class Evaluator:
         if normalize and hasattr(normalizer, "adapt"):
             normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
         dataset = ImageTable(
-            frame, self.classes, self.transform, preprocess=normalizer.transform if normalize else None,
+            frame, self.classes, self.transforms["crops5" if tta == "crops5" else "none"],
+            preprocess=normalizer.transform if normalize else None,
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
             max_pixels=self.recipe.data.max_image_pixels,
         )
         batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
         loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))
-        return predict(self.accelerator, self.model, loader, len(self.classes), tta)
+        return predict(self.accelerator, self.model, loader, len(self.classes), tta, crop_size=self.recipe.data.image_size)
 
     def calibration(self, tta: str) -> dict:
         """Threshold and temperature for this TTA mode, fitted on the validation split the first time."""

@@ -38,6 +38,7 @@ class LoadedRun:
         load_weights(self.model, self.run_dir)
         self.model.eval()
         self.transform = make_eval_transform(self.registry.pm.hook, self.recipe.data)
+        self.multi_crop_transform = make_eval_transform(self.registry.pm.hook, self.recipe.data, "crops5")
         state_file = self.run_dir / "evaluation.json"
         self.state = EvaluationState.load(self.run_dir) if state_file.is_file() else EvaluationState(None, None, {})
         self.normalizer = build_normalizer(self.registry, self.state.normalizer)
@@ -50,19 +51,23 @@ class LoadedRun:
         """The validation-locked threshold and temperature for ``tta``; argmax at T = 1 if the run never fitted one."""
         return self.state.calibration.get(tta) or {"threshold": None, "temperature": 1.0}
 
-    def preprocess(self, rgb: np.ndarray, normalize: bool) -> torch.Tensor:
+    def transform_for(self, tta: str):
+        """The eval transform, or for multi-crop TTA the whole resized square its views are cut from."""
+        return self.multi_crop_transform if tta == "crops5" else self.transform
+
+    def preprocess(self, rgb: np.ndarray, normalize: bool, tta: str = "none") -> torch.Tensor:
         if normalize:
             if self.normalizer is None:
                 raise HistofuseError("this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
             rgb = self.normalizer.transform(rgb)
-        return self.transform(rgb)
+        return self.transform_for(tta)(rgb)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tta: str) -> np.ndarray:
         from histofuse.calibration import softmax
         from histofuse.tta import predict_logits
 
-        logits = predict_logits(self.model, batch, tta).numpy()
+        logits = predict_logits(self.model, batch, tta, crop_size=self.recipe.data.image_size).numpy()
         return softmax(logits, self.calibration(tta)["temperature"])
 
     def decide(self, probs: np.ndarray, tta: str) -> np.ndarray:

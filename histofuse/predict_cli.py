@@ -10,7 +10,7 @@ from rich.table import Table
 
 from histofuse.errors import HistofuseError
 
-TTA_MODES = ("none", "paper7", "d4")
+TTA_MODES = ("none", "paper7", "d4", "crops5")
 
 
 def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int, console) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
         if normalize and run.normalizer is not None and hasattr(run.normalizer, "adapt"):
             run.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
         dataset = ImageTable(
-            frame, run.classes, run.transform, preprocess=_normalizer(run, normalize), max_pixels=run.recipe.data.max_image_pixels
+            frame, run.classes, run.transform_for(tta), preprocess=_normalizer(run, normalize), max_pixels=run.recipe.data.max_image_pixels
         )
         loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
         columns = (TextColumn("  predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -49,6 +49,7 @@ class DataConfig(_Section):
     batch_size: int = Field(32, ge=1, le=4096)
     eval_batch_size: int | None = Field(None, ge=1, le=4096)
     num_workers: int | None = Field(None, ge=0, le=256)
+    prefetch: int | None = Field(None, ge=1, le=64, description="batches each loading worker keeps ready (torch default 2)")
     max_failed_fraction: float = Field(0.05, ge=0, le=1)
     max_image_pixels: int = Field(200_000_000, ge=1, description="images whose header claims more pixels are refused before decoding")
     cache: bool = Field(False, description="decode and resize each image once, into an on-disk memory-mapped cache")
@@ -167,6 +168,7 @@ class TrainingConfig(_Section):
     grad_accumulation: int = Field(1, ge=1, le=1024)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = Field(False, description="NHWC memory layout for convolutions: faster with bf16 on CPUs and GPUs")
+    compile: bool = Field(False, description="torch.compile the model (inductor) each phase; pays a compile time per phase")
     monitor: Literal["val_auc", "val_loss", "val_balanced_accuracy"] = "val_auc"
     restore_best_between_phases: bool = True
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
@@ -188,7 +190,7 @@ class NormalizerConfig(_Section):
     sample: int | None = Field(None, ge=1)
 
 
-TTA = Literal["none", "paper7", "d4"]
+TTA = Literal["none", "paper7", "d4", "crops5"]
 
 
 class EvaluationConfig(_Section):

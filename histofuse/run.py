@@ -97,6 +97,8 @@ def make_accelerator(recipe: Recipe):
     accelerator = Accelerator(
         mixed_precision=recipe.training.mixed_precision,
         gradient_accumulation_steps=recipe.training.grad_accumulation,
+        # Accelerate compiles the model in prepare(), which runs at every phase boundary.
+        dynamo_backend="inductor" if recipe.training.compile else "no",
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
@@ -191,13 +193,15 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
         balanced = recipe.training.sampler == "balanced"
         # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
         seed = recipe.seed * 1000 + phase_index
-        return make_loader(dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed)
+        return make_loader(
+            dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed, prefetch=data.prefetch
+        )
 
     def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
         dataset = ImageTable(
             frame, classes, eval_transform, magnifications=magnifications, max_pixels=data.max_image_pixels, cache=cache
         )
-        return make_loader(dataset, eval_batch, train=False, num_workers=workers)
+        return make_loader(dataset, eval_batch, train=False, num_workers=workers, prefetch=data.prefetch)
 
     weights = None
     if recipe.training.class_weights == "balanced":

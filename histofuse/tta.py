@@ -8,7 +8,19 @@ import torch
 PAPER7 = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot180", "rot270")
 # The eight distinct symmetries of the square (the dihedral group D4).
 D4 = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
-MODES = {"none": ("identity",), "paper7": PAPER7, "d4": D4}
+# Multi-crop: the four corners and the centre of the resized square, each the model's input size.
+CROPS5 = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+MODES = {"none": ("identity",), "paper7": PAPER7, "d4": D4, "crops5": CROPS5}
+MULTI_CROP = {"crops5"}
+
+
+def crop(x: torch.Tensor, name: str, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = {
+        "top_left": (0, 0), "top_right": (0, w - size), "bottom_left": (h - size, 0), "bottom_right": (h - size, w - size),
+        "center": ((h - size) // 2, (w - size) // 2),
+    }[name]
+    return x[..., top : top + size, left : left + size]
 
 
 def view(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -26,17 +38,23 @@ def view(x: torch.Tensor, name: str) -> torch.Tensor:
     }[name](x)
 
 
-def predict_logits(model, x: torch.Tensor, mode: str = "none", magnification: torch.Tensor | None = None) -> torch.Tensor:
+def predict_logits(
+    model, x: torch.Tensor, mode: str = "none", magnification: torch.Tensor | None = None, crop_size: int | None = None
+) -> torch.Tensor:
     """Logits averaged over the views' log-probabilities; one forward of ``len(views) * B`` images.
 
     Averaging probabilities is what the paper did; the log of that mean is
     returned so callers can treat the result as logits (softmax gives back the
-    averaged probabilities exactly).
+    averaged probabilities exactly). Multi-crop modes take the larger square
+    ``x`` and cut ``crop_size`` views from it.
     """
     names = MODES[mode]
     if len(names) == 1:
         return (model(x) if magnification is None else model(x, magnification)).float()
-    batch = torch.cat([view(x, n) for n in names])
+    if mode in MULTI_CROP:
+        batch = torch.cat([crop(x, n, crop_size) for n in names])
+    else:
+        batch = torch.cat([view(x, n) for n in names])
     extra = () if magnification is None else (magnification.repeat(len(names)),)
     probs = model(batch, *extra).float().softmax(1).view(len(names), x.shape[0], -1).mean(0)
     return probs.clamp_min(1e-12).log()

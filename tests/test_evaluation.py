@@ -119,3 +119,50 @@ def test_colour_baseline_round_trips_through_json():
     probs = again.predict_proba(stats, 2)
     assert np.allclose(probs, baseline.predict_proba(stats, 2))
     assert (probs.argmax(1) == labels).all()
+
+
+def test_multi_crop_views_are_the_corners_and_centre_in_one_forward():
+    import torch
+
+    from histofuse.tta import crop, predict_logits
+
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    assert torch.equal(crop(x, "top_left", 4), x[..., :4, :4]) and torch.equal(crop(x, "bottom_right", 4), x[..., 2:, 2:])
+    assert torch.equal(crop(x, "center", 4), x[..., 1:5, 1:5])
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, batch):
+            calls.append(batch.shape)
+            return batch.mean((1, 2, 3))[:, None].repeat(1, 2) * torch.tensor([1.0, -1.0])
+
+    logits = predict_logits(Spy(), x, "crops5", crop_size=4)
+    assert calls == [torch.Size([10, 3, 4, 4])]  # five views of two images, one forward
+    expected = torch.stack([Spy()(crop(x, n, 4)).softmax(1) for n in ("top_left", "top_right", "bottom_left", "bottom_right", "center")]).mean(0)
+    torch.testing.assert_close(logits.softmax(1), expected)
+
+
+def test_a_run_evaluates_and_predicts_with_multi_crop(tmp_path, tiny_recipe_dict, synthetic_root):
+    import json
+
+    from conftest import write_toml
+    from test_run import only_run_dir, run_cli
+
+    tiny_recipe_dict["evaluation"] = {"tta": "crops5", "bootstrap": 0}
+    result = run_cli(["run", str(write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert json.loads((run_dir / "metrics.json").read_text())["test"]["tta"] == "crops5"
+    assert "crops5" in json.loads((run_dir / "evaluation.json").read_text())["calibration"]
+    import shutil
+
+    import pandas as pd
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for source in sorted(synthetic_root.rglob("*.png"))[:2]:
+        shutil.copy(source, folder)
+    predicted = run_cli(["predict", str(run_dir), str(folder), "--tta", "crops5", "--out", str(tmp_path / "p.csv"), "--num-workers", "0"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert len(rows) == 2 and rows[["prob_benign", "prob_malignant"]].sum(axis=1).round(5).eq(1).all()

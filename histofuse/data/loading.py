@@ -122,6 +122,7 @@ def make_loader(
     balanced: bool = False,
     num_workers: int = 0,
     seed: int = 0,
+    prefetch: int | None = None,
 ) -> DataLoader:
     """A loader; in training its :class:`EpochSampler` (``loader.sampler``) makes each epoch reproducible from ``seed``."""
     sampler = EpochSampler(dataset.labels, balanced=balanced, seed=seed) if train else None
@@ -136,4 +137,6 @@ def make_loader(
         # Training reuses its workers every epoch; an evaluation loader is iterated once.
         persistent_workers=train and num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        # Batches each worker keeps ready; torch's default is 2.
+        prefetch_factor=(prefetch or 2) if num_workers > 0 else None,
     )

@@ -31,7 +31,7 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(accelerator, model, loader, num_classes: int, tta: str = "none") -> Predictions:
+def predict(accelerator, model, loader, num_classes: int, tta: str = "none", crop_size: int | None = None) -> Predictions:
     """Run ``model`` over ``loader`` (TTA views in one batched forward).
 
     Shards are gathered and de-duplicated by dataset index, which removes the
@@ -46,7 +46,7 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none") -> 
         failed += batch["failed"]
         if batch["image"] is None:
             continue
-        logits = predict_logits(model, batch["image"], tta, batch.get("magnification"))
+        logits = predict_logits(model, batch["image"], tta, batch.get("magnification"), crop_size)
         collected["losses"].append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
         collected["indices"].append(batch["index"].cpu())
         collected["logits"].append(logits.cpu())
