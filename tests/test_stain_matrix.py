@@ -187,3 +187,40 @@ def test_a_run_compares_normalizers_side_by_side(tmp_path, tiny_recipe_dict):
     for entry in comparison["test"].values():
         assert entry["images"] > 0 and 0 <= entry["accuracy"] <= 1
     assert "stain normalization side by side" in result.output
+
+
+def test_macenko_works_wherever_reinhard_does_evaluation_predict_and_the_web_app(tmp_path, tiny_recipe_dict, synthetic_root):
+    import shutil
+
+    import pandas as pd
+
+    from histofuse.inference import LoadedRun
+    from histofuse.serve import classify
+    from test_run import only_run_dir, run_cli
+
+    from conftest import write_toml
+
+    tiny_recipe_dict["evaluation"] = {"bootstrap": 0, "normalizer": {"name": "macenko", "options": {"source": "image"}}}
+    tiny_recipe_dict["evaluate"] = [{
+        "name": "site_b", "dataset": "synthetic", "root": str(tmp_path / "site_b"), "normalize": True,
+        "options": {"site": "b", "seed": 1, "patients_per_class": 3, "images_per_magnification": 1, "width": 96, "height": 64},
+    }]
+    result = run_cli(["run", str(write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    saved = json.loads((run_dir / "evaluation.json").read_text())["normalizer"]
+    assert saved["name"] == "macenko" and np.asarray(saved["state"]["stains"]).shape == (2, 3)
+    assert json.loads((run_dir / "metrics.json").read_text())["site_b"]["normalized"] is True
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for source in sorted((tmp_path / "site_b").rglob("*.png"))[:3]:
+        shutil.copy(source, folder)
+    predicted = run_cli(["predict", str(run_dir), str(folder), "--normalize", "--out", str(tmp_path / "p.csv"), "--num-workers", "0"])
+    assert predicted.exit_code == 0, predicted.output
+    assert len(pd.read_csv(tmp_path / "p.csv").dropna(subset=["prob_benign"])) == 3
+
+    run = LoadedRun(run_dir)
+    probabilities, decision, heatmaps, _ = classify(run, (folder / sorted(p.name for p in folder.iterdir())[0]).read_bytes(),
+                                                    "macenko", "none", max_bytes=10**7)
+    assert sum(probabilities.values()) == pytest.approx(1.0) and len(heatmaps) == 2
