@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from histofuse.errors import HistofuseError
+from histofuse.recipe import TTA
 from histofuse.weights_cli import weights_app
 
 console = Console(soft_wrap=True)  # long paths stay on one line, greppable
@@ -51,6 +52,8 @@ def plugin_new(
 
     folder = write_plugin(name, kind, out)
     console.print(f"wrote {folder}; next: cd {folder} && pip install -e \".[dev]\" && python -m pytest -q", markup=False)
+
+TTA_MODES = get_args(TTA)  # the recipe's list is the one source; predict and evaluate accept each mode
 
 SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. --set phases[0].epochs=2 (repeatable).")
 
@@ -148,7 +151,7 @@ def _resumable_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional
 def predict(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, paper7 or d4."),
+    tta: str = typer.Option("none", "--tta", help=f"Test-time augmentation: {', '.join(TTA_MODES)}."),
     normalize: bool = typer.Option(False, "--normalize", help="Apply the run's fitted stain normalizer first."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write every prediction (and unreadable file) to this CSV."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096),
@@ -160,6 +163,12 @@ def predict(
     from histofuse.predict_cli import predict_paths, predictions_table
 
     run = LoadedRun(run_dir)
+    if tta in TTA_MODES and not run.calibrated(tta):
+        err_console.print(
+            f"warning: the run locked no threshold or temperature for TTA {tta}: probabilities use temperature 1 and "
+            f"the decision is the most probable class. To lock them on its validation split, run histofuse evaluate "
+            f"{run_dir} --tta {tta} on any set.", markup=False,
+        )
     workers = default_num_workers() if num_workers is None else num_workers
     result = predict_paths(run, inputs, tta=tta, normalize=normalize, batch_size=batch_size, num_workers=workers, console=console)
     console.print(predictions_table(result, run.classes))
@@ -201,15 +210,17 @@ def explain_images(
     """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches)."""
     import cv2
 
-    from histofuse.data.decode import decode_image
+    from histofuse.data.decode import decode_image, decoded_images
     from histofuse.errors import ImageDecodeError
     from histofuse.explain import explain
     from histofuse.inference import LoadedRun
 
     run = LoadedRun(run_dir)
+    if normalize:
+        run.adapt(rgb for _, rgb in decoded_images(images))  # the given images are the set, as in predict
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in images:
+    for path, stem in zip(images, _unique_stems(images)):
         try:
             rgb = decode_image(path)
         except ImageDecodeError as exc:
@@ -219,11 +230,25 @@ def explain_images(
         probs, explanations = explain(run, rgb, normalize=normalize)
         label = ", ".join(f"{c} {p:.3f}" for c, p in zip(run.classes, probs))
         for e in explanations:
-            target = out / f"{path.stem}_{e.backbone}.png"
+            target = out / f"{stem}_{e.backbone}.png"
             cv2.imwrite(str(target), cv2.cvtColor(e.overlay, cv2.COLOR_RGB2BGR))
             console.print(f"{path}: {label}; {e.backbone} ({e.method}) -> {target}", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _unique_stems(paths: List[Path]) -> List[str]:
+    """File stems, numbered where two inputs share one (a/x.png, b/x.png: x, x-2), so no output overwrites another."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
 
 
 @app.command("serve")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from histofuse.errors import DataError, HistofuseError, RecipeError
 from histofuse.recipe import (
+    TTA,
     ExternalSetConfig,
     QCConfig,
     check_options,
@@ -71,6 +73,7 @@ def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_onl
 
 def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta, console) -> dict:
     from histofuse.evaluation import EvaluationState, Evaluator
+    from histofuse.manifest import record_evaluated_set
     from histofuse.model import build_model
     from histofuse.registry import default_registry
     from histofuse.run import make_accelerator
@@ -83,8 +86,8 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
         raise HistofuseError(f"{run_dir} is not a finished run directory: {', '.join(missing)} missing")
     if name == "test":
         raise HistofuseError("--name test is reserved for the run's own test split; choose another name")
-    if tta not in ("none", "paper7", "d4", "crops5"):
-        raise RecipeError("--tta", [f"expected none, paper7, d4 or crops5, got '{tta}'"])
+    if tta not in get_args(TTA):
+        raise RecipeError("--tta", [f"expected one of {', '.join(get_args(TTA))}, got '{tta}'"])
     recipe = load_recipe(run_dir / "recipe.toml")
     registry = default_registry()
     meta = json.loads((run_dir / "model.json").read_text())
@@ -115,4 +118,5 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
         everything = json.loads(path.read_text()) if path.is_file() else {}
         everything[name] = metrics
         path.write_text(json.dumps(everything, indent=2))
+        record_evaluated_set(run_dir, name, metrics)
     return metrics

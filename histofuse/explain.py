@@ -23,7 +23,11 @@ class Explanation:
 
 
 def explain(run, rgb: np.ndarray, *, normalize: bool = False, target: int | None = None) -> tuple[np.ndarray, list[Explanation]]:
-    """Class probabilities (no TTA) and one explanation per backbone; Grad-CAM explains ``target`` or the decided class."""
+    """Class probabilities (no TTA) and one explanation per backbone; Grad-CAM explains ``target`` or the decided class.
+
+    With ``normalize`` and a ``source = "dataset"`` normalizer, ``run.adapt`` must first have measured the set
+    ``rgb`` belongs to: which set that is (one upload, the files given) is the caller's to say.
+    """
     x = run.preprocess(rgb, normalize)[None]
     probs = run.probabilities(x, "none")
     target = int(run.decide(probs, "none")[0]) if target is None else target

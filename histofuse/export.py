@@ -68,17 +68,36 @@ def export(run, fmt: str, out: Path) -> dict:
 SPACE_PACKAGES = ("gradio", "onnxruntime", "numpy", "opencv-python-headless")
 
 
+def space_versions() -> dict[str, str]:
+    """The installed version of each package the Space pins; an error naming the missing ones, before anything is written."""
+    import importlib.metadata
+
+    versions, missing = {}, []
+    for package in SPACE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+    if missing:
+        raise HistofuseError(
+            f"--format space pins the installed versions of {', '.join(SPACE_PACKAGES)}, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed here; install them first: pip install \"histofuse[serve,export]\""
+        )
+    return versions
+
+
 def export_space(run, folder: Path) -> dict:
     """A self-contained Hugging Face Space: app.py (ONNX Runtime + Gradio), pinned requirements, the model, a card.
 
     The Space classifies with the run's locked threshold and temperature, with or without TTA; heatmaps and stain
     normalization need PyTorch and histofuse, so they stay with ``histofuse serve``.
     """
-    import importlib.metadata
     import shutil
+    import sys
 
     from histofuse.manifest import MANIFEST, model_card
 
+    versions = space_versions()
     folder.mkdir(parents=True, exist_ok=True)
     result = export(run, "onnx", folder / "model.onnx")
     sidecar_path = folder / "model.onnx.json"
@@ -86,10 +105,11 @@ def export_space(run, folder: Path) -> dict:
     sidecar["title"] = run.recipe.name
     sidecar_path.write_text(json.dumps(sidecar, indent=2))
     shutil.copy(Path(__file__).with_name("space_template") / "app.py", folder / "app.py")
-    pins = [f"{p}=={importlib.metadata.version(p)}" for p in SPACE_PACKAGES]
-    (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
-    gradio_version = importlib.metadata.version("gradio")
-    front = f"---\ntitle: {run.recipe.name}\nsdk: gradio\nsdk_version: {gradio_version}\napp_file: app.py\npinned: false\n---\n\n"
+    (folder / "requirements.txt").write_text("".join(f"{p}=={v}\n" for p, v in versions.items()))
+    # The pins are this interpreter's builds: the Space must run the same Python minor version or pip may find none.
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    front = (f"---\ntitle: {run.recipe.name}\nsdk: gradio\nsdk_version: {versions['gradio']}\npython_version: \"{python}\"\n"
+             "app_file: app.py\npinned: false\n---\n\n")
     manifest = run.run_dir / MANIFEST
     card = model_card(json.loads(manifest.read_text())) if manifest.is_file() else f"# {run.recipe.name}\n"
     (folder / "README.md").write_text(front + card)

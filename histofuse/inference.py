@@ -51,6 +51,15 @@ class LoadedRun:
         """The validation-locked threshold and temperature for ``tta``; argmax at T = 1 if the run never fitted one."""
         return self.state.calibration.get(tta) or {"threshold": None, "temperature": 1.0}
 
+    def calibrated(self, tta: str) -> bool:
+        """Whether the run fitted a threshold and temperature for ``tta``: callers tell the user when it did not."""
+        return bool(self.state.calibration.get(tta))
+
+    def adapt(self, images) -> None:
+        """Let a ``source = "dataset"`` normalizer measure ``images``, the set about to be normalized."""
+        if self.normalizer is not None and hasattr(self.normalizer, "adapt"):
+            self.normalizer.adapt(images)
+
     def transform_for(self, tta: str):
         """The eval transform, or for multi-crop TTA the whole resized square its views are cut from."""
         return self.multi_crop_transform if tta == "crops5" else self.transform

@@ -100,6 +100,20 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
     (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+def record_evaluated_set(run_dir: Path, name: str, metrics: dict) -> None:
+    """Add (or replace) a set evaluated after the run in its manifest and model card, so both list every set."""
+    path = run_dir / MANIFEST
+    if not path.is_file():  # the run's records failed to write; histofuse report says how to get them
+        return
+    manifest = json.loads(path.read_text())
+    manifest["metrics"][name] = _headline(metrics)
+    manifest["qc"].pop(name, None)
+    if metrics.get("qc"):
+        manifest["qc"][name] = metrics["qc"]
+    write_manifest(run_dir, manifest)
+    (run_dir / MODEL_CARD).write_text(model_card(manifest))
+
+
 def model_card(manifest: dict) -> str:
     recipe = manifest["recipe"]
     model = recipe["model"]
@@ -108,7 +122,7 @@ def model_card(manifest: dict) -> str:
         f"# {recipe['name']}", "", recipe.get("description", ""), "",
         "## Model", "",
         f"- Backbones: {backbones}; fusion: `{model['fusion']}`; classes: {', '.join(manifest['classes'])}.",
-        f"- Input: RGB, resized to {recipe['data'].get('resize') or recipe['data']['image_size']} px (short side) and centre-cropped to "
+        f"- Input: RGB, resized to {_resize_to(recipe['data'])} px (short side) and centre-cropped to "
         f"{recipe['data']['image_size']} px.",
         "- Training: " + "; ".join(f"{p['name']} ({p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, unfreeze {p['unfreeze']})" for p in recipe["phases"]) + ".",
         "",
@@ -141,6 +155,14 @@ def model_card(manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _resize_to(data: dict) -> int:
+    """The short side the data pipeline resizes to. Constructed without validation: a manifest from another
+    histofuse version may carry keys this one no longer accepts, and only resize and image_size matter here."""
+    from histofuse.recipe import DataConfig
+
+    return DataConfig.model_construct(**data).resize_to
 
 
 def _f(value) -> str:

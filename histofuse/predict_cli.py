@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from histofuse.errors import HistofuseError
+from histofuse.recipe import TTA
 
-TTA_MODES = ("none", "paper7", "d4", "crops5")
+TTA_MODES = get_args(TTA)  # what a recipe accepts; tests check histofuse.tta implements each
 
 
 def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int, console) -> pd.DataFrame:
@@ -27,8 +29,8 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
     rows = []
     if paths:
-        if normalize and run.normalizer is not None and hasattr(run.normalizer, "adapt"):
-            run.normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
+        if normalize:
+            run.adapt(rgb for _, rgb in decoded_images(frame["path"]))
         dataset = ImageTable(
             frame, run.classes, run.transform_for(tta), preprocess=_normalizer(run, normalize), max_pixels=run.recipe.data.max_image_pixels
         )

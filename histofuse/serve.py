@@ -26,7 +26,6 @@ def import_gradio():
 
 def classify(run, upload: bytes | None, normalization: str, tta: str, max_bytes: int):
     """(probabilities, decision text, heatmap gallery, timing text); a ``ValueError`` carries a message for the user."""
-    from histofuse.data.decode import decode_buffer
     from histofuse.explain import explain
 
     if not upload:
@@ -39,26 +38,53 @@ def classify(run, upload: bytes | None, normalization: str, tta: str, max_bytes:
     if normalize and normalization != run.normalizer_name:
         raise ValueError(f"Unknown stain normalization '{normalization}'.")
     started = time.perf_counter()
-    try:
-        rgb = decode_buffer(upload, "the uploaded file")
-    except ImageDecodeError as exc:
-        raise ValueError(f"That file is not an image this app can read ({exc.reason}). Upload a PNG, JPEG or TIFF.") from None
-    if rgb.shape[0] * rgb.shape[1] > MAX_PIXELS:
-        raise ValueError(f"The image has {rgb.shape[1]}×{rgb.shape[0]} pixels; this app accepts up to {MAX_PIXELS / 1e6:.0f} megapixels.")
-    if normalize and hasattr(run.normalizer, "adapt"):
-        run.normalizer.adapt([rgb])  # a "dataset" normalizer sees the upload as its set
+    rgb = decode_upload(upload)
+    if normalize:
+        run.adapt([rgb])  # a "dataset" normalizer sees the upload as its set
     probs = run.probabilities(run.preprocess(rgb, normalize)[None], tta)
-    decided = run.classes[int(run.decide(probs, tta)[0])]
-    _, explanations = explain(run, rgb, normalize=normalize)
-    threshold = run.calibration(tta)["threshold"]
-    rule = f"p({run.classes[1]}) ≥ {threshold:.3f}, locked on validation" if threshold is not None else "most probable class"
+    decided = int(run.decide(probs, tta)[0])
+    # The heatmaps explain the class shown, which the chosen TTA and calibration decided.
+    _, explanations = explain(run, rgb, normalize=normalize, target=decided)
     elapsed = time.perf_counter() - started
     return (
         {c: float(p) for c, p in zip(run.classes, probs[0])},
-        f"{decided}  ({rule})",
+        f"{run.classes[decided]}  ({decision_rule(run, tta)})",
         [(e.overlay, f"{e.backbone}: {e.method}") for e in explanations],
         f"{elapsed * 1000:.0f} ms (TTA {tta}, normalization {normalization})",
     )
+
+
+def decode_upload(upload: bytes):
+    """RGB pixels of the upload; a ``ValueError`` says in the user's words why not. Over-size headers are refused
+    before decoding, so a small file claiming a huge image costs nothing."""
+    import numpy as np
+
+    from histofuse.data.decode import decode_buffer, header_pixels
+
+    try:
+        rgb = decode_buffer(upload, "the uploaded file", max_pixels=MAX_PIXELS)
+    except ImageDecodeError as exc:
+        claimed = header_pixels(np.frombuffer(upload, np.uint8))
+        if claimed is not None and claimed[0] > MAX_PIXELS:
+            raise ValueError(_too_large(claimed[1])) from None
+        raise ValueError(f"That file is not an image this app can read ({exc.reason}). Upload a PNG, JPEG or TIFF.") from None
+    # Formats whose header Pillow cannot size are only measured once decoded.
+    if rgb.shape[0] * rgb.shape[1] > MAX_PIXELS:
+        raise ValueError(_too_large(f"{rgb.shape[1]} x {rgb.shape[0]}"))
+    return rgb
+
+
+def _too_large(pixels: str) -> str:
+    return (f"The image is too large ({pixels} pixels); this app accepts up to {MAX_PIXELS / 1e6:.0f} megapixels. "
+            "Crop or downscale it first.")
+
+
+def decision_rule(run, tta: str) -> str:
+    """How the shown class was chosen, saying so when the run never calibrated this TTA mode."""
+    if not run.calibrated(tta):
+        return f"most probable class at temperature 1: the run locked no threshold or temperature for TTA {tta}"
+    threshold = run.calibration(tta)["threshold"]
+    return f"p({run.classes[1]}) ≥ {threshold:.3f}, locked on validation" if threshold is not None else "most probable class"
 
 
 def build_app(run, max_bytes: int):

@@ -239,3 +239,180 @@ def test_a_space_export_starts_from_a_fresh_virtual_environment(finished_run, sy
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few dozen bytes whose PNG header claims ``width`` x ``height`` pixels: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def loaded_run(finished_run):
+    from histofuse.inference import LoadedRun
+
+    return LoadedRun(finished_run)
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished run that a test may change."""
+    return shutil.copytree(finished_run, tmp_path / "run")
+
+
+@pytest.mark.parametrize("width, height", [(15_000, 10_000), (20_000, 20_000)])  # below and above decode's own 200 MP
+def test_the_web_app_refuses_a_huge_header_as_too_large_before_decoding(loaded_run, monkeypatch, width, height):
+    from histofuse.data import decode
+    from histofuse.serve import classify
+
+    def never(*_):
+        raise AssertionError("the upload was decoded")
+
+    monkeypatch.setattr(decode.cv2, "imdecode", never)
+    with pytest.raises(ValueError, match="too large .* accepts up to 50 megapixels"):
+        classify(loaded_run, png_claiming(width, height), "none", "none", max_bytes=10**6)
+
+
+def test_the_web_app_explains_the_class_it_shows(loaded_run, synthetic_root, monkeypatch):
+    import histofuse.explain
+    from histofuse.serve import classify
+
+    targets = []
+    real = histofuse.explain.explain
+
+    def spy(run, rgb, *, normalize=False, target=None):
+        targets.append(target)
+        return real(run, rgb, normalize=normalize, target=target)
+
+    monkeypatch.setattr(histofuse.explain, "explain", spy)
+    good = sorted(synthetic_root.rglob("*.png"))[0].read_bytes()
+    _, decision, _, _ = classify(loaded_run, good, "none", "paper7", max_bytes=10**6)
+    assert targets == [loaded_run.classes.index(decision.split()[0])]
+
+
+def test_an_uncalibrated_tta_mode_is_said_in_predict_and_in_the_web_app(finished_run, loaded_run, synthetic_root):
+    from histofuse.serve import classify
+
+    assert loaded_run.calibrated("none") and not loaded_run.calibrated("crops5")
+    image = str(sorted(synthetic_root.rglob("*.png"))[0])
+    warning = "locked no threshold or temperature for TTA crops5"
+    result = run_cli(["predict", str(finished_run), image, "--tta", "crops5", "--num-workers", "0"])
+    assert result.exit_code == 0 and warning in result.output, result.output
+    calibrated = run_cli(["predict", str(finished_run), image, "--num-workers", "0"])
+    assert calibrated.exit_code == 0 and "locked no threshold" not in calibrated.output
+    _, decision, _, _ = classify(loaded_run, (synthetic_root / image).read_bytes(), "none", "d4", max_bytes=10**6)
+    assert "locked no threshold or temperature for TTA d4" in decision
+
+
+def test_predict_help_lists_every_tta_mode():
+    from typing import get_args
+
+    from histofuse.recipe import TTA
+    from histofuse.tta import MODES
+
+    assert set(get_args(TTA)) == set(MODES)  # the recipe's list, which the CLI shows, is what tta.py implements
+    result = run_cli(["predict", "--help"])
+    assert all(mode in result.output for mode in MODES), result.output
+
+
+def test_explain_names_outputs_uniquely_when_inputs_share_a_name(finished_run, synthetic_root, tmp_path):
+    sources = sorted(synthetic_root.rglob("*.png"))[:2]
+    for folder, source in zip("ab", sources):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    result = run_cli(["explain", str(finished_run), str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["x-2_cnn.png", "x-2_vit.png", "x_cnn.png", "x_vit.png"]
+    assert f"{tmp_path / 'b' / 'x.png'}:" in result.output and "x-2_cnn.png" in result.output
+
+
+def test_explain_normalize_measures_the_given_images_for_a_dataset_normalizer(run_copy, synthetic_root, tmp_path):
+    state_file = run_copy / "evaluation.json"
+    state = json.loads(state_file.read_text())
+    state["normalizer"]["options"]["source"] = "dataset"
+    state_file.write_text(json.dumps(state))
+    images = [str(p) for p in sorted(synthetic_root.rglob("*.png"))[:2]]
+    result = run_cli(["explain", str(run_copy), *images, "--normalize", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").iterdir())) == 4
+
+
+def test_evaluate_adds_its_set_to_the_manifest_and_the_model_card(run_copy, tmp_path):
+    options = ['site="b"', "seed=2", "patients_per_class=3", "images_per_magnification=1", "width=96", "height=64"]
+    args = ["evaluate", str(run_copy), "--dataset", "synthetic", "--root", str(tmp_path / "site_c"), "--name", "site_c", "--qc"]
+    result = run_cli(args + [arg for option in options for arg in ("--option", option)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    assert manifest["metrics"]["site_c"]["n"] > 0 and manifest["qc"]["site_c"]["checked"] > 0
+    assert {"test", "site_b", "site_c"} <= set(manifest["metrics"])
+    assert "| site_c |" in (run_copy / "MODEL_CARD.md").read_text()
+    assert run_cli(["report", str(run_copy)]).exit_code == 0
+    assert "| site_c |" in (run_copy / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize("resize, shown", [(None, 256), (300, 300)])
+def test_the_model_card_states_the_resize_the_model_uses(finished_run, resize, shown):
+    from histofuse.manifest import model_card
+
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    manifest["recipe"]["data"].update(image_size=224, resize=resize)
+    assert f"resized to {shown} px (short side) and centre-cropped to 224 px" in model_card(manifest)
+
+
+def test_a_space_export_without_gradio_says_what_to_install(loaded_run, tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from histofuse.errors import HistofuseError
+    from histofuse.export import export_space
+
+    installed = importlib.metadata.version
+
+    def version(package):
+        if package == "gradio":
+            raise importlib.metadata.PackageNotFoundError(package)
+        return installed(package)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(HistofuseError, match=r'gradio is not installed.*pip install "histofuse\[serve,export\]"'):
+        export_space(loaded_run, tmp_path / "space")
+    assert not (tmp_path / "space").exists()  # refused before anything was written
+
+
+@pytest.fixture(scope="module")
+def space(finished_run, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path_factory.mktemp("space")
+    result = run_cli(["export", str(finished_run), "--format", "space", "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_a_space_readme_names_the_python_its_pins_are_for(space):
+    import sys
+
+    front = (space / "README.md").read_text().split("---\n")[1]
+    assert f'python_version: "{sys.version_info.major}.{sys.version_info.minor}"\n' in front
+
+
+def test_the_space_app_refuses_a_huge_header_as_too_large(space, tmp_path):
+    """The Space's own app.py, as shipped, in a fresh interpreter (OpenCV reads its pixel limit when it loads)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gradio")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(15_000, 10_000))  # 150 MP: under OpenCV's default limit, over the app's 50
+    probe = (
+        "import sys, gradio, app\n"
+        "try:\n    app.classify(open(sys.argv[1], 'rb').read(), 'none')\n"
+        "except gradio.Error as exc:\n    print('refused:', exc.message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(bomb)], cwd=space, capture_output=True, text=True, timeout=120)
+    assert "refused: The image is too large; this app accepts up to 50 megapixels" in done.stdout, done.stdout + done.stderr[-2000:]

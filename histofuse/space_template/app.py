@@ -9,8 +9,12 @@ import os
 import time
 from pathlib import Path
 
+MAX_PIXELS = 50_000_000
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# OpenCV reads this once, when it loads: every header claiming more pixels is refused before any memory is allocated,
+# so a small file claiming a gigapixel image (a decompression bomb) costs nothing.
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(MAX_PIXELS)
 
 import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
@@ -22,12 +26,18 @@ CONFIG = json.loads((HERE / "model.onnx.json").read_text())
 SESSION = onnxruntime.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
 CLASSES = CONFIG["classes"]
 MAX_BYTES = int(os.environ.get("MAX_UPLOAD_MB", "50")) * 1_000_000
-MAX_PIXELS = 50_000_000
 
 
 def decode(data: bytes) -> np.ndarray:
     """RGB uint8 from PNG/JPEG/TIFF bytes: grey to RGB, 16-bit to 8-bit, alpha composited onto white."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:
+        # OpenCV signals its pixel limit only through this assertion's text.
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise ValueError(f"The image is too large; this app accepts up to {MAX_PIXELS / 1e6:.0f} megapixels. "
+                             "Crop or downscale it first.") from None
+        raise ValueError("That file is not an image this app can read. Upload a PNG, JPEG or TIFF.") from None
     if image is None:
         raise ValueError("That file is not an image this app can read. Upload a PNG, JPEG or TIFF.")
     if image.dtype == np.uint16:
@@ -86,8 +96,6 @@ def classify(upload, tta):
         rgb = decode(upload)
     except ValueError as exc:
         raise gr.Error(str(exc), duration=None) from None
-    if rgb.shape[0] * rgb.shape[1] > MAX_PIXELS:
-        raise gr.Error(f"The image has {rgb.shape[1]}×{rgb.shape[0]} pixels; the limit is 50 megapixels.", duration=None)
     probs = probabilities(preprocess(rgb), tta)
     threshold = (CONFIG["calibration"].get(tta) or {}).get("threshold")
     decided = int(probs[1] >= threshold) if threshold is not None and len(CLASSES) == 2 else int(probs.argmax())
