@@ -449,7 +449,7 @@ def evaluate(
     label_map: Optional[List[str]] = typer.Option(None, "--map", help="Map a dataset label onto a class: FROM=TO, repeatable."),
     qc: bool = typer.Option(False, "--qc", help="Drop blurred images and images with little tissue first."),
     normalize: bool = typer.Option(False, "--normalize", help="Stain-normalize with the statistics fitted on the run's training split."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, paper7 or d4."),
+    tta: str = typer.Option("none", "--tta", help=f"Test-time augmentation: {', '.join(TTA_MODES)}."),
 ) -> None:
     """Evaluate a finished run on another dataset, with the run's threshold, normalizer and baseline."""
     from histofuse.evaluate_run import evaluate_run
