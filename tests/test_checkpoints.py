@@ -1,6 +1,7 @@
 """Epoch sampling that shards across processes, atomic epoch checkpoints, trackers, and plugins from HISTOFUSE_PLUGINS."""
 
 import json
+import os
 from collections import Counter
 
 import pandas as pd
@@ -11,6 +12,7 @@ from torch.utils.data import BatchSampler
 
 from histofuse.data.sampling import EpochSampler
 from histofuse.errors import HistofuseError
+from histofuse.training.checkpoint import save_weights
 from histofuse.training.epoch_checkpoint import TrainingState, latest_checkpoint, save_checkpoint
 
 LABELS = [0] * 30 + [1] * 90  # 1:3, like BreaKHis benign:malignant
@@ -79,6 +81,7 @@ def tiny_training_objects():
 
 def test_checkpoints_round_trip_and_only_the_newest_are_kept(tmp_path):
     model, optimizer, scheduler = tiny_training_objects()
+    save_weights(model, tmp_path, {"epoch": 1})
     for epoch in (1, 2, 3):
         state = TrainingState(epoch=epoch, phase_index=1, phase_epoch=epoch, best=0.9, best_epoch=1, failed={"a.png": "truncated"})
         save_checkpoint(tmp_path, state, model, optimizer, scheduler, keep=2)
@@ -92,6 +95,65 @@ def test_checkpoints_round_trip_and_only_the_newest_are_kept(tmp_path):
         assert torch.equal(a, b)
     assert fresh_optimizer.state_dict()["state"][0]["exp_avg"].equal(optimizer.state_dict()["state"][0]["exp_avg"])
     assert fresh_scheduler.state_dict() == scheduler.state_dict()
+
+
+def test_an_fp16_runs_gradient_scaler_state_survives_a_resume(tmp_path):
+    """The loss scale fp16 training has settled on is restored, not rediscovered through skipped steps."""
+    model, optimizer, scheduler = tiny_training_objects()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=7)
+    scaler.scale(torch.ones(()))  # the scale exists once used
+    scaler.update(new_scale=96.0)
+    save_checkpoint(tmp_path, TrainingState(epoch=1), model, optimizer, scheduler, keep=2, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    latest_checkpoint(tmp_path, warn=pytest.fail).load_optimizer_and_scheduler(*tiny_training_objects()[1:], scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 96.0
+
+    save_checkpoint(tmp_path, TrainingState(epoch=2), model, optimizer, scheduler, keep=2)  # written without a scaler
+    with pytest.raises(HistofuseError, match="epoch-0002 has no scaler.pt .* although this run trains in fp16"):
+        latest_checkpoint(tmp_path, warn=pytest.fail).load_optimizer_and_scheduler(*tiny_training_objects()[1:], scaler=fresh)
+
+
+def test_resume_restores_the_best_weights_that_the_checkpoints_state_knows(tmp_path):
+    """Best weights are written just before their epoch's checkpoint: a crash in between, or falling back to an
+    older checkpoint, must not leave a later epoch's weights where between-phase restores and the test read them."""
+    from safetensors.torch import load_file
+
+    model, optimizer, scheduler = tiny_training_objects()
+
+    def epoch(number: int, best_epoch: int) -> None:
+        with torch.no_grad():
+            model[0].weight.fill_(number)
+        if best_epoch == number:
+            save_weights(model, tmp_path, {"epoch": number})
+        save_checkpoint(tmp_path, TrainingState(epoch=number, best_epoch=best_epoch), model, optimizer, scheduler, keep=3)
+
+    def best_weights() -> tuple[float, int]:
+        meta = json.loads((tmp_path / "model.json").read_text())
+        return load_file(tmp_path / "model.safetensors")["0.weight"][0, 0].item(), meta["epoch"]
+
+    epoch(1, best_epoch=1)
+    epoch(2, best_epoch=1)
+    # A hard link to the run directory's file: the older best weights cost no second copy on disk.
+    assert os.path.samefile(tmp_path / "checkpoints" / "epoch-0002" / "best.safetensors", tmp_path / "model.safetensors")
+    with torch.no_grad():
+        model[0].weight.fill_(3)
+    save_weights(model, tmp_path, {"epoch": 3})  # epoch 3 improved, then the run died before its checkpoint
+
+    checkpoint = latest_checkpoint(tmp_path, warn=pytest.fail)
+    assert checkpoint.restore_best(tmp_path) and best_weights() == (1.0, 1)
+    assert not checkpoint.restore_best(tmp_path)  # already consistent: nothing rewritten
+
+    epoch(3, best_epoch=3)  # the resumed run improves at epoch 3 again
+    assert not (tmp_path / "checkpoints" / "epoch-0003" / "best.safetensors").exists()  # its own model is the best
+    assert not latest_checkpoint(tmp_path, warn=pytest.fail).restore_best(tmp_path)  # the same bytes as model.safetensors
+    epoch(4, best_epoch=4)
+    (tmp_path / "checkpoints" / "epoch-0004" / "state.json").write_text("{}")  # damaged: resume falls back to epoch 3
+    checkpoint = latest_checkpoint(tmp_path, warn=lambda message: None)
+    assert checkpoint.state.epoch == 3 and checkpoint.restore_best(tmp_path) and best_weights() == (3.0, 3)
+
+    save_checkpoint(tmp_path, TrainingState(epoch=5), model, optimizer, scheduler, keep=3)  # a state with no best yet
+    assert latest_checkpoint(tmp_path, warn=pytest.fail).restore_best(tmp_path)
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "model.json").exists()
 
 
 def test_a_half_written_or_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):

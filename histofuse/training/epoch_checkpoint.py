@@ -1,11 +1,15 @@
 """The full training state at the end of every epoch, written atomically and verified on resume.
 
 A checkpoint is a folder ``checkpoints/epoch-NNNN`` holding the model, the
-optimizer and scheduler state, and ``state.json`` (phase, epoch, best score,
-early-stopping counter, skipped images). It is assembled under a ``.partial``
-name, its files fsynced and listed with their SHA-256 in ``manifest.json``,
-then renamed into place: a crash at any moment leaves either the complete
-folder or none, and resuming verifies every hash before trusting one.
+optimizer and scheduler state (and the fp16 gradient scaler's), ``state.json``
+(phase, epoch, best score, early-stopping counter, skipped images) and what
+restores the run's best weights of that state: ``best.json``, and
+``best.safetensors`` unless the best epoch is this one (a hard link to the run
+directory's file where the file system allows, so it costs no space). It is
+assembled under a ``.partial`` name, its files fsynced and listed with their
+SHA-256 in ``manifest.json``, then renamed into place: a crash at any moment
+leaves either the complete folder or none, and resuming verifies every hash
+before trusting one.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import torch
 from torch import nn
 
 from histofuse.errors import HistofuseError
+from histofuse.training.checkpoint import META, WEIGHTS
 
 FOLDER = "checkpoints"
 MANIFEST = "manifest.json"
 MODEL, OPTIMIZER, SCHEDULER, STATE = "model.safetensors", "optimizer.pt", "scheduler.pt", "state.json"
+SCALER, BEST, BEST_META = "scaler.pt", "best.safetensors", "best.json"
+REQUIRED = (MODEL, OPTIMIZER, SCHEDULER, STATE)
+PICKLES = (OPTIMIZER, SCHEDULER, SCALER)
 
 
 @dataclass
@@ -57,14 +65,50 @@ class Checkpoint:
 
         load_model(model, str(self.path / MODEL), device=str(next(model.parameters()).device))
 
-    def load_optimizer_and_scheduler(self, optimizer, scheduler) -> None:
-        # weights_only: a checkpoint passed around must never run code when loaded.
-        optimizer.load_state_dict(torch.load(self.path / OPTIMIZER, map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(self.path / SCHEDULER, map_location="cpu", weights_only=True))
+    def load_optimizer_and_scheduler(self, optimizer, scheduler, scaler=None) -> None:
+        """``scaler``: the fp16 gradient scaler, so a resumed run keeps the loss scale it had found."""
+        optimizer.load_state_dict(_load_pickle(self.path / OPTIMIZER))
+        scheduler.load_state_dict(_load_pickle(self.path / SCHEDULER))
+        if scaler is not None:
+            if not (self.path / SCALER).is_file():
+                raise HistofuseError(
+                    f"checkpoint {self.path.name} has no {SCALER} (the fp16 gradient scaler's state) although this run "
+                    "trains in fp16; it cannot be resumed exactly. Start the run again with histofuse run RECIPE."
+                )
+            scaler.load_state_dict(_load_pickle(self.path / SCALER))
+
+    def restore_best(self, run_dir: Path) -> bool:
+        """Make the run directory's best weights the ones this state knows; True when they had to be replaced.
+
+        They are written before the checkpoint of their epoch, so a crash in
+        between, or falling back to an older checkpoint, leaves best weights
+        from an epoch this state never saw.
+        """
+        weights, meta = run_dir / WEIGHTS, run_dir / META
+        if not self.state.best_epoch:
+            stale = [p for p in (weights, meta) if p.exists()]
+            for path in stale:
+                path.unlink()
+            return bool(stale)
+        recorded = json.loads((self.path / MANIFEST).read_text())
+        source = self.path / (BEST if BEST in recorded else MODEL)
+        if (
+            weights.is_file() and meta.is_file() and meta.read_bytes() == (self.path / BEST_META).read_bytes()
+            and _sha256(weights) == recorded[source.name]
+        ):
+            return False
+        _copy_atomically(source, weights)  # weights first, like save_weights: model.json never names absent weights
+        _copy_atomically(self.path / BEST_META, meta)
+        return True
 
 
-def save_checkpoint(run_dir: Path, state: TrainingState, model: nn.Module, optimizer, scheduler, keep: int) -> Path:
-    """Write the checkpoint of ``state.epoch`` and keep only the newest ``keep`` complete ones."""
+def save_checkpoint(
+    run_dir: Path, state: TrainingState, model: nn.Module, optimizer, scheduler, keep: int, scaler=None
+) -> Path:
+    """Write the checkpoint of ``state.epoch`` and keep only the newest ``keep`` complete ones.
+
+    The run directory's best weights must already be those of ``state.best_epoch``.
+    """
     from safetensors.torch import save_model
 
     folder = run_dir / FOLDER
@@ -76,7 +120,11 @@ def save_checkpoint(run_dir: Path, state: TrainingState, model: nn.Module, optim
     torch.save(optimizer.state_dict(), partial / OPTIMIZER)
     torch.save(scheduler.state_dict(), partial / SCHEDULER)
     (partial / STATE).write_text(json.dumps(asdict(state), indent=2))
-    hashes = {name: _sha256(partial / name) for name in (MODEL, OPTIMIZER, SCHEDULER, STATE)}
+    names = [*REQUIRED, *_keep_best(run_dir, partial, state)]
+    if scaler is not None:
+        torch.save(scaler.state_dict(), partial / SCALER)
+        names.append(SCALER)
+    hashes = {name: _sha256(partial / name) for name in names}
     for name in hashes:
         _fsync(partial / name)
     (partial / MANIFEST).write_text(json.dumps(hashes, indent=2))
@@ -88,6 +136,21 @@ def save_checkpoint(run_dir: Path, state: TrainingState, model: nn.Module, optim
     for old in sorted(_complete_folders(folder))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _keep_best(run_dir: Path, partial: Path, state: TrainingState) -> list[str]:
+    """Store what restores the best weights of ``state``; the checkpoint's own model is them when the best epoch is this one."""
+    if not state.best_epoch:
+        return []
+    shutil.copyfile(run_dir / META, partial / BEST_META)
+    if state.best_epoch == state.epoch:
+        return [BEST_META]
+    try:
+        # save_weights replaces model.safetensors by renaming a new file, so the link keeps these bytes.
+        os.link(run_dir / WEIGHTS, partial / BEST)
+    except OSError:  # no hard links here (another file system, FAT, some network shares)
+        shutil.copyfile(run_dir / WEIGHTS, partial / BEST)
+    return [BEST_META, BEST]
 
 
 def latest_checkpoint(run_dir: Path, warn) -> Checkpoint:
@@ -115,23 +178,43 @@ def _verify(path: Path) -> str | None:
         return f"no {MANIFEST}"
     except (OSError, ValueError) as exc:
         return f"unreadable {MANIFEST}: {exc}"
-    for name in (MODEL, OPTIMIZER, SCHEDULER, STATE):
-        if name not in expected:
-            return f"{MANIFEST} does not list {name}"
+    missing = [name for name in REQUIRED if name not in expected]
+    if missing:
+        return f"{MANIFEST} does not list {missing[0]}"
+    unknown = sorted(set(expected) - {*REQUIRED, SCALER, BEST, BEST_META})
+    if unknown:  # only names this module writes are ever opened
+        return f"{MANIFEST} lists an unknown file {unknown[0]!r}"
+    for name in expected:
         if not (path / name).is_file():
             return f"{name} is missing"
         if _sha256(path / name) != expected[name]:
             return f"{name} does not match its recorded SHA-256"
     try:
-        TrainingState.from_json(json.loads((path / STATE).read_text()))
+        state = TrainingState.from_json(json.loads((path / STATE).read_text()))
     except (ValueError, TypeError) as exc:
         return f"{STATE} is not a training state: {exc}"
-    for name in (OPTIMIZER, SCHEDULER):
+    if state.best_epoch and (BEST_META not in expected or (state.best_epoch != state.epoch and BEST not in expected)):
+        return f"{MANIFEST} lists no copy of the best weights (epoch {state.best_epoch})"
+    for name in PICKLES:
+        if name not in expected:
+            continue
         try:
-            torch.load(path / name, map_location="cpu", weights_only=True)
+            _load_pickle(path / name)
         except Exception as exc:  # a pickle carrying code is refused here, and never executed
             return f"{name} cannot be loaded safely: {str(exc).splitlines()[0]}"
     return None
+
+
+def _load_pickle(path: Path):
+    # weights_only: a checkpoint passed around must never run code when loaded.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    _fsync(tmp)
+    os.replace(tmp, target)
 
 
 def _sha256(path: Path) -> str:

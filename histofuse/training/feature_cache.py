@@ -8,8 +8,11 @@ each further epoch into a pass over a small head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
+from accelerate.data_loader import DataLoaderStateMixin
+from accelerate.state import GradientState
 from torch import nn
 
 from histofuse.data.loading import make_loader
@@ -60,20 +63,24 @@ class FeatureBank:
         mag = None if self.magnification is None else self.magnification[at]
         return [f[at] for f in self.features], self.labels[at], mag
 
-    def batches(self, sampler: EpochSampler, batch_size: int):
+    def batches(self, sampler: EpochSampler, batch_size: int) -> "BankEpoch":
         """The epoch's draws in batches; a last batch of one is dropped (batch norm in a fusion cannot train on it)."""
         positions = [position for position, _ in sampler]
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start : start + batch_size]
-            if len(chunk) > 1:
-                yield self.batch(chunk)
+        chunks = [positions[start : start + batch_size] for start in range(0, len(positions), batch_size)]
+        return BankEpoch(self, [chunk for chunk in chunks if len(chunk) > 1])
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, num_classes: int) -> Predictions:
+    def predict(self, model: nn.Module, num_classes: int, autocast: Callable[[], ContextManager]) -> Predictions:
+        """Validation on the bank, under the ``autocast`` the features were computed in.
+
+        Under bf16 some features come out in bfloat16; outside autocast a fusion's
+        float32 Linear refuses them, and the uncached path validates under autocast too.
+        """
         model.eval()
-        logits = torch.cat([
-            model.classify(*self._eval_batch(start, 1024)).float() for start in range(0, len(self), 1024)
-        ])
+        with autocast():
+            logits = torch.cat([
+                model.classify(*self._eval_batch(start, 1024)).float() for start in range(0, len(self), 1024)
+            ])
         losses = nn.functional.cross_entropy(logits, self.labels, reduction="none")
         return Predictions(
             indices=self.indices.numpy().astype(int), logits=logits.cpu().numpy(), labels=self.labels.cpu().numpy().astype(int),
@@ -83,6 +90,32 @@ class FeatureBank:
     def _eval_batch(self, start: int, size: int):
         features, _, mag = self.batch(list(range(start, min(start + size, len(self)))))
         return features, mag
+
+
+class BankEpoch(DataLoaderStateMixin):
+    """One epoch of bank batches that tells Accelerate which batch is the last, as a prepared loader does.
+
+    ``accelerator.accumulate`` steps the optimizer at the end of a prepared
+    loader whatever the accumulation count; without this signal the gradients
+    of an epoch's last few batches would be carried into the next epoch.
+    """
+
+    def __init__(self, bank: FeatureBank, chunks: list[list[int]]):
+        self.bank, self.chunks = bank, chunks
+        self.gradient_state = GradientState()
+        self._drop_last = True  # nothing gathered for metrics: no remainder to report
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self):
+        self.begin()
+        try:
+            for number, chunk in enumerate(self.chunks, 1):
+                self.end_of_dataloader = number == len(self.chunks)
+                yield self.bank.batch(chunk)
+        finally:
+            self.end()
 
 
 def bank_sampler(bank: FeatureBank, balanced: bool, seed: int) -> EpochSampler:

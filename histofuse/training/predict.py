@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from histofuse.errors import DataError
+from histofuse.training.accel import unwrap
 from histofuse.tta import predict_logits
 
 
@@ -38,6 +39,8 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none", cro
     samples Accelerate repeats to even out the last batch and tolerates shards
     that lost different numbers of unreadable images.
     """
+    if accelerator.num_processes > 1:
+        model = _without_distributed_wrapper(accelerator, model)
     model.eval()
     keys = ("indices", "logits", "labels", "losses", "color")
     collected: dict[str, list] = {k: [] for k in keys}
@@ -73,3 +76,24 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none", cro
         failed=sorted({f for p in parts for f in p["failed"]}),
         color=merged["color"][first] if len(merged["color"]) else None,
     )
+
+
+def _without_distributed_wrapper(accelerator, model: nn.Module) -> nn.Module:
+    """The model for inference on one process's shard, with process 0's buffers.
+
+    The first forward of the distributed wrapper after training broadcasts the
+    buffers: a process whose images were all unreadable runs no forward and
+    would leave the others waiting in that collective. Inference needs no
+    collective, so it runs on the model itself (autocast kept; compiled models
+    run eagerly here). The one broadcast the wrapper would have made is done
+    here, by every process together: training left each process with the
+    batch-norm statistics of its own last batch, and the shards must all be
+    scored by the model that is saved, process 0's.
+    """
+    model = unwrap(accelerator, model)
+    buffers = list(model.buffers())
+    if buffers:
+        from accelerate.utils import broadcast
+
+        broadcast(buffers, from_process=0)
+    return model

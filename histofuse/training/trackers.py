@@ -42,6 +42,18 @@ class Trackers:
             tracker.store_init_configuration(flatten(config))
             self.trackers.append(tracker)
 
+    def resume_after(self, epoch: int) -> None:
+        """Hide what an interrupted run logged after ``epoch``: the resumed run logs those epochs again.
+
+        A TensorBoard writer opened with ``purge_step`` makes TensorBoard drop the
+        older events from that step on; the other trackers keep them (see docs/training.md).
+        """
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":
+                tracker.finish()
+                tracker.init_kwargs["purge_step"] = epoch + 1
+                tracker.start()
+
     def log(self, values: dict, step: int) -> None:
         numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for tracker in self.trackers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ from histofuse.errors import DataError, HistofuseError
 from histofuse.metrics import classification_metrics, monitor_value
 from histofuse.model import HybridModel, apply_phase
 from histofuse.recipe import PhaseConfig, Recipe
-from histofuse.training.accel import prepare_phase, release
+from histofuse.training.accel import prepare_phase, release, unwrap
 from histofuse.training.checkpoint import load_weights, save_weights
 from histofuse.training.epoch_checkpoint import Checkpoint, TrainingState, save_checkpoint
 from histofuse.training.history import History
@@ -65,6 +66,8 @@ class Trainer:
         self.dataset_size = dataset_size
         self.history = History(run_dir / "history.csv", accelerator.is_main_process)
         self.trackers = trackers
+        if resume:
+            trackers.resume_after(resume.state.epoch)
         self.resume = resume
         self.state = resume.state if resume else TrainingState()
         # Minimising the loss is maximising its negative; one comparison serves every monitor.
@@ -74,6 +77,7 @@ class Trainer:
         self.hooks.on_fit_start(run_dir=self.run_dir, recipe=self.recipe)
         first = 0
         if self.resume:
+            self._restore_best_weights_of_checkpoint()
             self.resume.load_model(self.model)
             first = self.state.phase_index + int(self.state.phase_done)
         for index in range(first, len(self.recipe.phases)):
@@ -83,6 +87,13 @@ class Trainer:
             self._run_phase(index, self.recipe.phases[index], continuing)
         self.resume = None
         return self.state
+
+    def _restore_best_weights_of_checkpoint(self) -> None:
+        """Best weights from an epoch past the checkpoint would be loaded between phases and tested at the end."""
+        if self.accelerator.is_main_process and self.resume.restore_best(self.run_dir):
+            restored = f"epoch {self.state.best_epoch}" if self.state.best_epoch else "none yet: removed the newer ones"
+            self.accelerator.print(f"best weights restored from {self.resume.path.name} ({restored})")
+        self.accelerator.wait_for_everyone()
 
     def _run_phase(self, index: int, phase: PhaseConfig, continuing: bool) -> None:
         plan = apply_phase(self.model, phase, f"phases[{index}]")
@@ -96,7 +107,7 @@ class Trainer:
         state = self.state
         if continuing:
             # After prepare: the optimizer state then lands on the model's device.
-            self.resume.load_optimizer_and_scheduler(optimizer, scheduler)
+            self.resume.load_optimizer_and_scheduler(optimizer, scheduler, self.accelerator.scaler)
             first, stale = state.phase_epoch + 1, state.stale
             self.accelerator.print(f"resuming phase '{phase.name}' at its epoch {first} (run epoch {state.epoch + 1})")
         else:
@@ -118,7 +129,7 @@ class Trainer:
                 if banks is not None:
                     banks[2].set_epoch(state.epoch)
                     train_loss = self._train_epoch_on_features(model, optimizer, banks, phase, phase_epoch)
-                    val = banks[1].predict(self.accelerator.unwrap_model(model), len(self.classes))
+                    val = banks[1].predict(unwrap(self.accelerator, model), len(self.classes), self.accelerator.autocast)
                 else:
                     train_loss = self._train_epoch(model, optimizer, train_loader, phase, phase_epoch)
                     val = self.predict(model, val_loader)
@@ -138,9 +149,8 @@ class Trainer:
             if improved:
                 state.best, state.best_loss, state.best_epoch, stale = score, val.loss, state.epoch, 0
                 if self.accelerator.is_main_process:
-                    # keep_fp32_wrapper=True: only the state dict is saved; the live model must keep its autocast.
-                    unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
-                    save_weights(unwrapped, self.run_dir, {**self.meta, "epoch": state.epoch, "monitor": self.training.monitor, "best": score})
+                    meta = {**self.meta, "epoch": state.epoch, "monitor": self.training.monitor, "best": score}
+                    save_weights(unwrap(self.accelerator, model), self.run_dir, meta)
             else:
                 stale += 1
             early = self.training.early_stopping
@@ -186,7 +196,7 @@ class Trainer:
         state.faults.append(message)
         state.phase_done = True
         state.epoch -= 1  # that epoch never completed
-        load_weights(self.accelerator.unwrap_model(self.model_in_phase), self.run_dir)
+        load_weights(unwrap(self.accelerator, self.model_in_phase), self.run_dir)
 
     def _warn_if_diverging(self, index: int, phase: PhaseConfig, train_loss: float) -> None:
         """Three rising epochs ending well above the phase's best: reported, not silently trained through."""
@@ -205,15 +215,17 @@ class Trainer:
     def _save_checkpoint(self, model, optimizer, scheduler) -> None:
         """Best weights and the epoch checkpoint are complete on disk before any process moves on."""
         if self.training.checkpoints.enabled and self.accelerator.is_main_process:
-            unwrapped = self.accelerator.unwrap_model(model, keep_fp32_wrapper=True)
-            save_checkpoint(self.run_dir, self.state, unwrapped, optimizer, scheduler, self.training.checkpoints.keep)
+            save_checkpoint(
+                self.run_dir, self.state, unwrap(self.accelerator, model), optimizer, scheduler,
+                self.training.checkpoints.keep, self.accelerator.scaler,
+            )
         self.accelerator.wait_for_everyone()
 
     def _check_processes_agree(self, model, phase_name: str) -> None:
         """Every process must end a phase with the same weights; a drift means a synchronisation bug."""
         if self.accelerator.num_processes == 1:
             return
-        params = [p for p in self.accelerator.unwrap_model(model).parameters() if p.requires_grad]
+        params = [p for p in unwrap(self.accelerator, model).parameters() if p.requires_grad]
         fingerprint = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in params])
         everyone = self.accelerator.gather(fingerprint[None])
         if not all(torch.equal(everyone[0], other) for other in everyone[1:]):
@@ -231,21 +243,33 @@ class Trainer:
                 if self.accelerator.num_processes == 1:
                     self._check_failure_limit()
                 if self._every_process_can_step(batch):
-                    with self.accelerator.accumulate(model):
-                        extra = (batch["magnification"],) if "magnification" in batch else ()
-                        loss = self.criterion(model(batch["image"], *extra), batch["label"])
-                        step += 1
-                        if not self._finite_everywhere(loss):
-                            raise NonFiniteLoss(step, loss.item())
-                        self.accelerator.backward(loss)
-                        if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
-                            self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    extra = (batch["magnification"],) if "magnification" in batch else ()
+                    loss = self._step(
+                        model, optimizer, step, lambda: self.criterion(model(batch["image"], *extra), batch["label"])
+                    )
                     total += loss.item() * len(batch["label"])
                     seen += len(batch["label"])
                 bar.advance(loss=total / max(seen, 1))
-        return total / max(seen, 1)
+        return mean_across_processes(self.accelerator, total, seen)
+
+    def _step(self, model, optimizer, step: int, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """One batch: forward, backward, and the optimizer step when gradient accumulation is due.
+
+        ``accelerator.backward`` divides the loss by the accumulation count, so
+        every path goes through ``accumulate``: it steps every N batches and at
+        the end of the epoch, and skips the distributed all-reduce in between.
+        """
+        with self.accelerator.accumulate(model):
+            loss = compute_loss()
+            if not self._finite_everywhere(loss):
+                raise NonFiniteLoss(step, loss.item())
+            self.accelerator.backward(loss)
+            if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss
 
     def _feature_banks(self, index: int, model, train_loader, val_loader):
         """(train bank, validation bank, sampler over the train bank): one pass of the frozen backbones per split."""
@@ -256,7 +280,7 @@ class Trainer:
                 f"phases[{index}].cache_features runs on one process (the features of a head-only phase fit one); "
                 "launch without several processes, or set cache_features = false"
             )
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = unwrap(self.accelerator, model)
         started = time.perf_counter()
         size = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
         with self.accelerator.autocast():
@@ -271,23 +295,18 @@ class Trainer:
 
     def _train_epoch_on_features(self, model, optimizer, banks, phase: PhaseConfig, phase_epoch: int) -> float:
         train, _, sampler = banks
-        head = self.accelerator.unwrap_model(model)
+        head = unwrap(self.accelerator, model)
         head.train()
-        total, seen, step = 0.0, 0, 0
-        for features, labels, magnification in train.batches(sampler, self.recipe.data.batch_size):
-            with self.accelerator.autocast():
-                loss = self.criterion(head.classify(features, magnification), labels)
-            step += 1
-            if not self._finite_everywhere(loss):
-                raise NonFiniteLoss(step, loss.item())
-            self.accelerator.backward(loss)
-            if self.training.grad_clip > 0:
-                self.accelerator.clip_grad_norm_(head.parameters(), self.training.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        total, seen = 0.0, 0
+        for step, (features, labels, magnification) in enumerate(train.batches(sampler, self.recipe.data.batch_size), 1):
+            loss = self._step(head, optimizer, step, partial(self._loss_on_features, head, features, labels, magnification))
             total += loss.item() * len(labels)
             seen += len(labels)
-        return total / max(seen, 1)
+        return total / max(seen, 1)  # one process: _feature_banks refuses several
+
+    def _loss_on_features(self, head, features, labels, magnification) -> torch.Tensor:
+        with self.accelerator.autocast():  # the head is called alone, not through the prepared model's autocast forward
+            return self.criterion(head.classify(features, magnification), labels)
 
     def predict(self, model, loader, tta: str = "none") -> Predictions:
         return predict(self.accelerator, model, loader, len(self.classes), tta)
@@ -353,6 +372,14 @@ class Trainer:
                 f"data.max_failed_fraction = {limit:g} (first: {first[0]}: {first[1]}). Fix or remove those files, "
                 "or raise the limit."
             )
+
+
+def mean_across_processes(accelerator: Accelerator, total: float, seen: int) -> float:
+    """The mean over every process's batches: each one summed only its own share of the epoch."""
+    if accelerator.num_processes > 1:
+        sums = torch.tensor([total, seen], dtype=torch.float64, device=accelerator.device)
+        total, seen = accelerator.reduce(sums, reduction="sum").tolist()
+    return total / max(seen, 1)
 
 
 class NonFiniteLoss(Exception):

@@ -1,7 +1,8 @@
 """A plugin the distributed and resume tests load through HISTOFUSE_PLUGINS.
 
 HISTOFUSE_PROBE_DUMP=1: after each phase, every process saves its model's
-state dict (and which parameters trained) under RUN_DIR/probe/.
+state dict (and which parameters trained, and how many optimizer steps the
+phase took) under RUN_DIR/probe/.
 HISTOFUSE_PROBE_KILL="PHASE:STEP": the process sends itself SIGKILL at that
 optimizer step of that phase (0-based phase), mid-epoch, like a cluster
 scheduler would. HISTOFUSE_PROBE_NAN="PHASE:STEP": after that step the first
@@ -40,9 +41,10 @@ class KillableAdamW(torch.optim.AdamW):
 @histofuse.hookimpl
 def make_optimizer(param_groups, training):
     _phase["index"] += 1
-    return KillableAdamW(
+    _phase["optimizer"] = KillableAdamW(
         param_groups, weight_decay=training.weight_decay, kill_at=_at("HISTOFUSE_PROBE_KILL"), nan_at=_at("HISTOFUSE_PROBE_NAN")
     )
+    return _phase["optimizer"]
 
 
 def _at(variable: str) -> int | None:
@@ -66,3 +68,4 @@ def on_phase_end(run_dir, phase_index, phase, model, process_index):
     save_file(state, str(folder / f"phase{phase_index}-rank{process_index}.safetensors"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     (folder / f"phase{phase_index}-trainable.json").write_text(json.dumps(trainable))
+    (folder / f"phase{phase_index}-steps.json").write_text(json.dumps(_phase["optimizer"].steps))
