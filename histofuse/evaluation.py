@@ -9,6 +9,8 @@ quality control, stain normalization and TTA, each reported in their metrics.
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from histofuse.qc import QCThresholds, qc_summary, run_qc
 from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
 
 STATE_FILE = "evaluation.json"
+log = logging.getLogger("histofuse")
 
 
 @dataclass
@@ -156,7 +159,7 @@ def evaluate_frame(
         frame = scored[scored["qc_pass"]].drop(columns=["blur", "tissue", "qc_pass", "qc_reason"]).reset_index(drop=True)
         if frame.empty:
             raise DataError(f"evaluate '{name}': quality control removed every image ({qc_info['reasons']})")
-    result = predict_frame(frame, tta, normalize)
+    result, normalization = predict_frame(frame, tta, normalize)
     threshold, temperature = calibration["threshold"], calibration["temperature"]
     probs = softmax(result.logits, temperature)
     labels = result.labels
@@ -166,7 +169,7 @@ def evaluate_frame(
     metrics.update(
         name=name, loss=result.loss, tta=tta, normalized=normalize, temperature=temperature,
         auc_ci95=bootstrap_auc_ci(labels, probs, groups, bootstrap, seed), ece=expected_calibration_error(labels, probs),
-        failed_images=dict(result.failed), qc=qc_info,
+        failed_images=dict(result.failed), qc=qc_info, normalization=normalization,
     )
     metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, threshold)
     metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
@@ -212,6 +215,72 @@ def build_normalizer(registry, saved: dict | None):
     return normalizer
 
 
+class NormalizingTable:
+    """The samples of an :class:`ImageTable` that stain-normalizes, each saying why its tile was left unchanged.
+
+    The normalizer runs in the loader's worker processes, each on its own copy of it: counts kept there
+    never reach the main process. So the reason travels with the sample (``"unchanged"``), and
+    :func:`collect_unchanged` gathers it where the batches arrive. A normalizer without ``normalize``
+    (a plugin's) just transforms.
+    """
+
+    def __init__(self, table: pd.DataFrame, classes: list[str], transform, normalizer, **options):
+        from histofuse.data.loading import ImageTable
+
+        self.normalizer = normalizer
+        self.reason: str | None = None
+        preprocess = self._normalize if hasattr(normalizer, "normalize") else normalizer.transform
+        self.images = ImageTable(table, classes, transform, preprocess=preprocess, **options)
+        self.labels = self.images.labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _normalize(self, rgb):
+        rgb, self.reason = self.normalizer.normalize(rgb)
+        return rgb
+
+    def __getitem__(self, key) -> dict:
+        self.reason = None
+        sample = self.images[key]
+        if self.reason is not None and "error" not in sample:
+            sample["unchanged"] = self.reason
+        return sample
+
+
+def collate_unchanged(samples: list[dict]) -> dict:
+    """:func:`collate`, keeping each sample's reason for being left unchanged as {dataset index: reason}."""
+    from histofuse.data.loading import collate
+
+    batch = collate(samples)
+    batch["unchanged"] = {s["index"]: s["unchanged"] for s in samples if "unchanged" in s}
+    return batch
+
+
+def collect_unchanged(loader, reasons: dict):
+    """The batches of ``loader``, their tiles left unchanged gathered into ``reasons`` by dataset index
+    (an index a distributed sampler repeats is counted once)."""
+    for batch in loader:
+        reasons.update(batch.pop("unchanged", {}))
+        yield batch
+
+
+def normalization_summary(method: str, normalizer, reasons: dict, accelerator) -> dict:
+    """What the normalizer did to one set, for its metrics: unchanged tiles by reason, what adapt() measured."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        reasons = {i: r for part in gather_object([reasons]) for i, r in part.items()}
+    unchanged = dict(Counter(reasons.values()))
+    if accelerator.is_main_process:
+        for reason, count in unchanged.items():
+            log.warning("%s left %d tile(s) unchanged: %s", method, count, reason)
+    return {
+        "method": method, "source": getattr(normalizer, "source", "image"), "unchanged": unchanged,
+        "adapted": getattr(normalizer, "adapted", None),
+    }
+
+
 class Evaluator:
     """Evaluates one trained model on any table of images, with the run's fitted state."""
 
@@ -234,31 +303,43 @@ class Evaluator:
         self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
         self.transforms = {tta: make_eval_transform(registry.pm.hook, data, tta) for tta in ("none", "crops5")}
 
-    def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool, normalizer=None):
-        """Predictions for ``frame``; ``normalize`` uses the run's normalizer, or ``normalizer`` when given."""
-        from histofuse.data.loading import ImageTable, make_loader
+    def predict_frame(self, frame: pd.DataFrame, tta: str, normalize: bool, normalizer=None, method: str | None = None):
+        """(predictions, normalization summary or None) for ``frame``; ``normalize`` uses the run's normalizer,
+        or ``normalizer`` (called ``method``) when given."""
         from histofuse.training.predict import predict
 
-        normalizer = normalizer or self.normalizer
+        if normalizer is None:
+            normalizer, method = self.normalizer, (self.state.normalizer or {}).get("name")
         if normalize and normalizer is None:
             raise DataError("this run has no fitted stain normalizer; add normalize = true to an [[evaluate]] block of the recipe")
         if normalize and hasattr(normalizer, "adapt"):
             normalizer.adapt(rgb for _, rgb in decoded_images(frame["path"]))
-        dataset = ImageTable(
-            frame, self.classes, self.transforms["crops5" if tta == "crops5" else "none"],
-            preprocess=normalizer.transform if normalize else None,
+        reasons: dict[int, str] = {}
+        loader = collect_unchanged(self.accelerator.prepare(self._loader(frame, tta, normalizer if normalize else None)), reasons)
+        predictions = predict(self.accelerator, self.model, loader, len(self.classes), tta, crop_size=self.recipe.data.image_size)
+        return predictions, normalization_summary(method, normalizer, reasons, self.accelerator) if normalize else None
+
+    def _loader(self, frame: pd.DataFrame, tta: str, normalizer):
+        from histofuse.data.loading import ImageTable, make_loader
+
+        transform = self.transforms["crops5" if tta == "crops5" else "none"]
+        options = dict(
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
             max_pixels=self.recipe.data.max_image_pixels,
         )
-        batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
-        loader = self.accelerator.prepare(make_loader(dataset, batch, train=False, num_workers=self.workers))
-        return predict(self.accelerator, self.model, loader, len(self.classes), tta, crop_size=self.recipe.data.image_size)
+        if normalizer is None:
+            dataset = ImageTable(frame, self.classes, transform, **options)
+        else:
+            dataset = NormalizingTable(frame, self.classes, transform, normalizer, **options)
+        loader = make_loader(dataset, self.recipe.data.eval_batch_size or self.recipe.data.batch_size, train=False, num_workers=self.workers)
+        loader.collate_fn = collate_unchanged  # make_loader takes no collate function; this is its own plus the reasons
+        return loader
 
     def calibration(self, tta: str) -> dict:
         """Threshold and temperature for this TTA mode, fitted on the validation split the first time."""
         if tta not in self.state.calibration:
-            val = self.predict_frame(self.val_frame, tta, normalize=False)
+            val, _ = self.predict_frame(self.val_frame, tta, normalize=False)
             self.state.calibration[tta] = calibrate(self.recipe, val.logits, val.labels, len(self.classes))
             found = self.state.calibration[tta]
             if len(self.classes) == 2 and found["threshold"] is None and self.recipe.evaluation.threshold == "youden":
@@ -304,4 +385,7 @@ def summary_line(m: dict) -> str:
     if m.get("qc"):
         parts.append(f"QC removed {m['qc']['removed']} of {m['qc']['checked']}")
     parts.append(f"TTA {m['tta']}" + (", stain-normalized" if m["normalized"] else ""))
+    unchanged = sum(((m.get("normalization") or {}).get("unchanged") or {}).values())
+    if unchanged:
+        parts.append(f"{unchanged} tile(s) left unchanged by the normalizer")
     return "  " + ", ".join(parts)

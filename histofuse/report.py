@@ -157,11 +157,25 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
         qc = m["qc"]
         reasons = ", ".join(f"{k}: {v}" for k, v in qc.get("reasons", {}).items()) or "none"
         parts.append("<h3>Quality control</h3>" + _table(["checked", "passed", "removed", "reasons"], [[qc["checked"], qc["passed"], qc["removed"], reasons]]))
+    if m.get("normalization"):
+        parts.append(_normalization(m["normalization"]))
     if m.get("failed_images"):
         parts.append(f"<h3>Unreadable images, skipped ({len(m['failed_images'])})</h3>" + _table(
             ["file", "why"], [[path, reason] for path, reason in m["failed_images"].items()]
         ))
     return "\n".join(parts)
+
+
+def _normalization(summary: dict) -> str:
+    """Which normalizer, how many tiles it left unchanged and why, and what it measured on the set itself."""
+    unchanged = summary.get("unchanged") or {}
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in unchanged.items()) or "none"
+    adapted = summary.get("adapted")
+    measured = "; ".join(f"{key} {json.dumps(value)}" for key, value in adapted.items()) if adapted else "n/a (per tile)"
+    return "<h3>Stain normalization</h3>" + _table(
+        ["method", "source", "tiles left unchanged", "reasons", "measured on this set"],
+        [[summary.get("method"), summary.get("source"), sum(unchanged.values()), reasons, measured]],
+    )
 
 
 def _roc(predictions: pd.DataFrame, m: dict):
@@ -199,9 +213,15 @@ def _confusion(matrix: np.ndarray, classes: list[str]):
 
 
 def _comparison(comparison: dict) -> str:
+    from histofuse.stain_comparison import comparison_cell, unchanged_reasons
+
     methods = list(next(iter(comparison.values())))
-    rows = [[name, *(f"{_fmt(row[m]['auc'])} / {_fmt(row[m]['accuracy'], 2)}" for m in methods)] for name, row in comparison.items()]
-    return "<h2>Stain normalization side by side (AUC / accuracy)</h2>" + _table(["set", *methods], rows)
+    rows = [[name, *(comparison_cell(row[m]) for m in methods)] for name, row in comparison.items()]
+    page = "<h2>Stain normalization side by side (AUC / accuracy, tiles left unchanged)</h2>" + _table(["set", *methods], rows)
+    reasons = unchanged_reasons(comparison)
+    if reasons:
+        page += "<h3>Tiles the normalizers left unchanged</h3>" + _table(["set", "method", "reason", "tiles"], [list(r) for r in reasons])
+    return page
 
 
 def _page(title: str, body: str) -> str:

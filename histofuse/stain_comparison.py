@@ -36,7 +36,8 @@ def fit_normalizer(recipe: Recipe, registry, name: str, train: pd.DataFrame):
 
 
 def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame, sets: dict[str, pd.DataFrame], console) -> dict:
-    """{set: {method: {auc, accuracy, balanced_accuracy, unchanged}}} for method in none + the recipe's list."""
+    """{set: {method: {auc, accuracy, balanced_accuracy, images, unchanged}}} for method in none + the recipe's list;
+    ``unchanged`` ({reason: tiles}, normalizers only) counts tiles that went to the model unnormalized."""
     calibration = evaluator.calibration("none")
     classes = evaluator.classes
     result: dict[str, dict] = {name: {} for name in sets}
@@ -46,14 +47,15 @@ def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame
             console.print(f"stain comparison: fitting {method} on {len(train)} training images")
             normalizer = fit_normalizer(recipe, registry, method, train)
         for name, frame in sets.items():
-            predictions = evaluator.predict_frame(frame, "none", normalize=normalizer is not None, normalizer=normalizer)
+            predictions, normalization = evaluator.predict_frame(
+                frame, "none", normalize=normalizer is not None, normalizer=normalizer, method=method
+            )
             probs = softmax(predictions.logits, calibration["temperature"])
             metrics = classification_metrics(predictions.labels, probs, classes, calibration["threshold"])
             entry = {k: metrics[k] for k in ("auc", "accuracy", "balanced_accuracy")}
             entry["images"] = int(len(predictions.labels))
-            if normalizer is not None and getattr(normalizer, "unchanged", None) is not None:
-                entry["unchanged"] = dict(normalizer.unchanged)
-                normalizer.unchanged.clear()
+            if normalization is not None:
+                entry["unchanged"] = normalization["unchanged"]
             result[name][method] = entry
     return result
 
@@ -64,15 +66,31 @@ def save(run_dir: Path, comparison: dict) -> None:
 
 def comparison_table(comparison: dict) -> Table:
     methods = list(next(iter(comparison.values())))
-    table = Table(title="stain normalization side by side (AUC / accuracy; no QC, no TTA; threshold from validation)")
+    table = Table(title="stain normalization side by side (AUC / accuracy, tiles left unchanged; no QC, no TTA; threshold from validation)")
     table.add_column("set")
     for method in methods:
         table.add_column(method, justify="right")
     for name, row in comparison.items():
-        cells = []
-        for method in methods:
-            entry = row[method]
-            auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
-            cells.append(f"{auc} / {entry['accuracy']:.2f}")
-        table.add_row(name, *cells)
+        table.add_row(name, *(comparison_cell(row[method]) for method in methods))
+    reasons = unchanged_reasons(comparison)
+    if reasons:
+        table.caption = "left unchanged: " + "; ".join(f"{name} {method}: {reason} ({count})" for name, method, reason, count in reasons)
     return table
+
+
+def comparison_cell(entry: dict) -> str:
+    """AUC / accuracy, and how many tiles the normalizer left unchanged (that many were compared unnormalized)."""
+    auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+    cell = f"{auc} / {entry['accuracy']:.2f}"
+    if "unchanged" in entry:
+        cell += f", {sum(entry['unchanged'].values())} unchanged"
+    return cell
+
+
+def unchanged_reasons(comparison: dict) -> list[tuple[str, str, str, int]]:
+    """(set, method, reason, tiles) for every reason a normalizer left tiles of a set unchanged."""
+    return [
+        (name, method, reason, count)
+        for name, row in comparison.items() for method, entry in row.items()
+        for reason, count in entry.get("unchanged", {}).items()
+    ]

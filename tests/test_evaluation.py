@@ -166,3 +166,62 @@ def test_a_run_evaluates_and_predicts_with_multi_crop(tmp_path, tiny_recipe_dict
     assert predicted.exit_code == 0, predicted.output
     rows = pd.read_csv(tmp_path / "p.csv")
     assert len(rows) == 2 and rows[["prob_benign", "prob_malignant"]].sum(axis=1).round(5).eq(1).all()
+
+
+def _as_tensor(rgb):
+    return torch.from_numpy(np.ascontiguousarray(rgb[:32, :32])).permute(2, 0, 1)
+
+
+def test_tiles_left_unchanged_in_loader_workers_are_counted_in_the_main_process(tmp_path):
+    from types import SimpleNamespace
+
+    import cv2
+    import pandas as pd
+    from histofuse_builtins.stain_macenko import Macenko
+    from histofuse_builtins.stain_matrix import FLAT, TOO_LITTLE_TISSUE
+    from histofuse_builtins.synthetic_tissue import patient_stain, render_tile
+
+    from histofuse.data.loading import make_loader
+    from histofuse.evaluation import NormalizingTable, collate_unchanged, collect_unchanged, normalization_summary
+
+    rng = np.random.default_rng(0)
+    tissue = [render_tile(rng, i % 2 == 1, patient_stain(rng, "a"), 96, 64, 200) for i in range(4)]
+    normalizer = Macenko()
+    normalizer.fit(tissue)
+    images = {"white": np.full((64, 96, 3), 255, np.uint8), "flat": np.full((64, 96, 3), (190, 110, 170), np.uint8)}
+    paths = []
+    for i, rgb in enumerate([*tissue, images["white"], images["white"], images["flat"]]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    frame = pd.DataFrame({"path": [*paths, str(tmp_path / "bad.png")]})
+    loader = make_loader(NormalizingTable(frame, ["benign", "malignant"], _as_tensor, normalizer), 2, train=False, num_workers=2)
+    loader.collate_fn = collate_unchanged
+    reasons: dict = {}
+    batches = list(collect_unchanged(loader, reasons))
+    assert sum(len(b["failed"]) for b in batches) == 1 and all("unchanged" not in b for b in batches)
+    assert reasons == {4: TOO_LITTLE_TISSUE, 5: TOO_LITTLE_TISSUE, 6: FLAT}
+    assert not normalizer.unchanged  # the workers counted on their own copies: this one saw nothing
+    summary = normalization_summary("macenko", normalizer, reasons, SimpleNamespace(num_processes=1, is_main_process=True))
+    assert summary == {"method": "macenko", "source": "image", "unchanged": {TOO_LITTLE_TISSUE: 2, FLAT: 1}, "adapted": None}
+
+
+def test_the_report_shows_each_sets_normalization_and_the_comparisons_unchanged_tiles(tmp_path):
+    import json
+
+    from histofuse.report import write_report
+
+    normalization = {"method": "macenko", "source": "dataset", "unchanged": {"flat (its colour varies no more than sensor noise)": 3},
+                     "adapted": {"stains": [[0.65, 0.7, 0.29], [0.07, 0.99, 0.11]], "max_concentrations": [1.2, 0.8]}}
+    metrics = {"site_b": {"n": 10, "auc": 0.9, "accuracy": 0.8, "balanced_accuracy": 0.8, "normalized": True,
+                          "qc": {"checked": 12, "passed": 10, "removed": 2, "reasons": {"blurred": 2}}, "normalization": normalization}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    comparison = {"site_b": {"none": {"auc": 0.9, "accuracy": 0.8, "balanced_accuracy": 0.8, "images": 10},
+                             "vahadane": {"auc": 0.85, "accuracy": 0.75, "balanced_accuracy": 0.75, "images": 10,
+                                          "unchanged": {"too little tissue (background, or a tiny tile)": 2}}}}
+    (tmp_path / "stain_comparison.json").write_text(json.dumps(comparison))
+    page = write_report(tmp_path).read_text()
+    section = page[page.index("<h3>Quality control</h3>"):]
+    assert "<h3>Stain normalization</h3>" in section  # next to QC
+    assert "flat (its colour varies no more than sensor noise): 3" in section and "max_concentrations [1.2, 0.8]" in section
+    assert "0.850 / 0.75, 2 unchanged" in page and "too little tissue (background, or a tiny tile)</td><td>2" in page

@@ -51,6 +51,18 @@ def test_flat_tile_comes_back_without_nan_and_state_survives_json(reinhard):
     assert np.array_equal(other.transform(tiles(1)[0]), reinhard.transform(tiles(1)[0]))
 
 
+def test_an_even_colour_under_sensor_noise_comes_back_unchanged(reinhard):
+    reinhard.fit(tiles())
+    for colour in ((190, 110, 170), (150, 100, 170), (235, 235, 235)):
+        noisy = np.clip(np.asarray(colour) + np.random.default_rng(1).normal(0, 2, (32, 32, 3)), 0, 255).astype(np.uint8)
+        # Tolerance 0: identical. Before: its LAB std (1-1.6) passed min_std, so the noise was stretched to the
+        # target's spread (RGB std 2 -> 67-75) and the mean colour moved by 38-97 levels.
+        assert np.array_equal(reinhard.transform(noisy), noisy), colour
+    assert reinhard.unchanged == {"flat (its colour varies no more than sensor noise)": 3}
+    textured = np.clip(np.full((32, 32, 3), 170) + np.random.default_rng(2).normal(0, 12, (32, 32, 3)), 0, 255).astype(np.uint8)
+    assert not np.array_equal(reinhard.transform(textured), textured)  # 12 levels of spread is tissue, not noise
+
+
 def test_dataset_source_keeps_differences_between_images(registry):
     spec = registry.get("normalizer", "reinhard")
     dark, light = (np.clip(np.random.default_rng(s).normal(m, 25, (32, 32, 3)), 0, 255).astype(np.uint8) for s, m in ((0, 90), (1, 170)))
@@ -65,6 +77,7 @@ def test_dataset_source_keeps_differences_between_images(registry):
     per_set.adapt([dark, light])
     a, b = per_set.transform(dark), per_set.transform(light)
     assert b.mean() - a.mean() > 40
+    assert set(per_set.adapted) == {"mean", "std"} and per_image.adapted is None  # recorded in the set's metrics
 
 
 def test_tissue_only_statistics_ignore_the_background(registry):

@@ -15,9 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 import histofuse
 
 from histofuse_builtins.stain_matrix import (
+    MIN_CONTRAST,
     MIN_TISSUE_PIXELS,
+    ONE_STAIN,
+    REFERENCE_STAINS,
     StainMatrixNormalizer,
     concentrations,
+    contrast,
     from_optical_density,
     optical_density,
     order_and_check,
@@ -37,6 +41,10 @@ class StainMatrixOptions(BaseModel):
     min_stain_fraction: float = Field(
         0.15, ge=0, lt=1, description="a tile whose weaker stain is below this fraction of the training maximum comes back unchanged"
     )
+    min_contrast: float = Field(
+        MIN_CONTRAST, ge=0, description="grey levels: a tile whose colour varies less (std along its main direction) is flat, "
+        "an even colour under sensor noise, and comes back unchanged"
+    )
 
 
 class MacenkoOptions(StainMatrixOptions):
@@ -50,8 +58,9 @@ class Macenko(StainMatrixNormalizer):
         super().__init__(**options)
         self.alpha = alpha
 
-    def estimate(self, od: np.ndarray) -> np.ndarray | None:
-        return macenko_stains(od, self.alpha)
+    def estimate(self, od: np.ndarray) -> np.ndarray | str:
+        stains = macenko_stains(od, self.alpha)
+        return ONE_STAIN if stains is None else stains
 
 
 def macenko_stains(od: np.ndarray, alpha: float = 1.0) -> np.ndarray | None:
@@ -62,11 +71,18 @@ def macenko_stains(od: np.ndarray, alpha: float = 1.0) -> np.ndarray | None:
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(od, rowvar=False))
     if not np.isfinite(eigenvalues).all() or eigenvalues[2] <= 1e-12:
         return None
+    # eigh's signs are arbitrary. Angles are measured from the mean OD's direction in the plane: tissue ODs are
+    # all positive, so their fan sits around angle 0 and never straddles arctan2's cut at ±π.
     plane = eigenvectors[:, 1:]  # the two largest directions, as columns
-    projected = od @ plane
-    angles = np.arctan2(projected[:, 1], projected[:, 0])
+    centre = od.mean(axis=0) @ plane
+    length = np.linalg.norm(centre)
+    if length <= 1e-12:
+        return None
+    towards = plane @ (centre / length)
+    across = plane @ (np.array([-centre[1], centre[0]]) / length)
+    angles = np.arctan2(od @ across, od @ towards)
     low, high = np.percentile(angles, [alpha, 100 - alpha])
-    vectors = np.stack([plane @ [np.cos(low), np.sin(low)], plane @ [np.cos(high), np.sin(high)]])
+    vectors = np.stack([np.cos(low) * towards + np.sin(low) * across, np.cos(high) * towards + np.sin(high) * across])
     return order_and_check(vectors)
 
 
@@ -75,8 +91,10 @@ class MacenkoStainJitter:
 
     With probability ``p``: each stain's concentrations are scaled by U(1 - scale, 1 + scale)
     and shifted by U(-shift, shift) of their 99th percentile (tissue pixels only, so the
-    background stays white), and each stain vector is turned by up to about ``angle``
-    degrees. A tile with no trustworthy decomposition passes through untouched.
+    background stays white), and each stain vector is turned by an angle drawn from U(0, ``angle``)
+    degrees. Only that change is added to the tile's optical density, so what two stains do not
+    explain (background tint, noise) stays as it was. A flat or one-stain tile, whose own estimate
+    would be noise, is decomposed with reference H&E vectors instead; a background tile passes through.
     """
 
     def __init__(self, p: float, scale: float = 0.25, shift: float = 0.1, angle: float = 4.0, beta: float = 0.15):
@@ -93,20 +111,35 @@ class MacenkoStainJitter:
         tissue = np.einsum("ij,ij->i", od, od) > self.beta**2
         if tissue.sum() < MIN_TISSUE_PIXELS:
             return rgb
-        sample = od[tissue]
-        if len(sample) > 20000:
-            sample = sample[self.rng.choice(len(sample), 20000, replace=False)]
-        stains = macenko_stains(sample)
-        if stains is None:
-            return rgb
+        stains = self._stains(od[tissue])
         c = concentrations(od, stains)
         top = np.percentile(c[tissue], 99, axis=0)
-        c = c * self.rng.uniform(1 - self.scale, 1 + self.scale, 2)
-        c[tissue] += self.rng.uniform(-self.shift, self.shift, 2) * top
-        turned = np.clip(stains + self.rng.normal(0, np.sin(np.deg2rad(self.angle)) / 2, stains.shape), 0.01, None)
-        turned /= np.linalg.norm(turned, axis=1, keepdims=True)
-        out = (np.clip(c, 0, None) @ turned).astype(np.float32).reshape(rgb.shape)
-        return from_optical_density(out)
+        jittered = c * self.rng.uniform(1 - self.scale, 1 + self.scale, 2)
+        jittered[tissue] += self.rng.uniform(-self.shift, self.shift, 2) * top
+        out = od + jittered @ turn(stains, self.angle, self.rng) - c @ stains
+        return from_optical_density(out.astype(np.float32).reshape(rgb.shape))
+
+    def _stains(self, tissue_od: np.ndarray) -> np.ndarray:
+        if len(tissue_od) > 20000:
+            tissue_od = tissue_od[self.rng.choice(len(tissue_od), 20000, replace=False)]
+        stains = macenko_stains(tissue_od) if contrast(tissue_od) >= MIN_CONTRAST else None
+        return REFERENCE_STAINS if stains is None else stains
+
+
+def turn(stains: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
+    """Each unit row turned by an angle from U(0, degrees) towards a random perpendicular direction.
+
+    Clipping to the positive octant afterwards (a stain absorbs, never emits) cannot turn a
+    non-negative vector further than that angle: projecting onto a convex cone is a contraction.
+    """
+    out = []
+    for vector in stains:
+        across = rng.normal(size=3)
+        across -= (across @ vector) * vector
+        theta = np.deg2rad(rng.uniform(0, degrees))
+        turned = np.clip(np.cos(theta) * vector + np.sin(theta) * across / np.linalg.norm(across), 0, None)
+        out.append(turned / np.linalg.norm(turned))
+    return np.stack(out)
 
 
 @histofuse.hookimpl

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
 
-from histofuse_builtins.stain_matrix import leave_unchanged
+from histofuse_builtins.stain_matrix import FLAT, MIN_CONTRAST, TOO_LITTLE_TISSUE, count_unchanged
 
 
 # Global LAB statistics of BreaKHis published with the paper (OpenCV 8-bit LAB).
@@ -26,6 +26,10 @@ PRESETS = {"breakhis_paper": {"mean": [180.8, 148.6, 116.5], "std": [35.4, 17.5,
 class ReinhardOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     min_std: float = Field(1.0, gt=0, description="a tile with a LAB channel flatter than this comes back unchanged")
+    min_contrast: float = Field(
+        MIN_CONTRAST, ge=0, description="a tile whose LAB channels all vary less than this (std, 8-bit levels) is flat, an even "
+        "colour under sensor noise, and comes back unchanged"
+    )
     tissue_only: bool = Field(False, description="statistics over tissue pixels only (grey below background)")
     background: int = Field(220, ge=1, le=255)
     preset: Literal["breakhis_paper"] | None = Field(None, description="use published statistics instead of fitting")
@@ -39,11 +43,13 @@ class ReinhardOptions(BaseModel):
 class Reinhard:
     def __init__(
         self, min_std: float = 1.0, tissue_only: bool = False, background: int = 220, preset: str | None = None,
-        source: str = "image",
+        source: str = "image", min_contrast: float = MIN_CONTRAST,
     ):
         self.min_std = min_std
+        self.min_contrast = min_contrast
         self.source = source
-        self.source_stats: tuple[np.ndarray, np.ndarray] | None = None
+        # (mean, std) of the set adapt() measured, or why it has none.
+        self.source_stats: tuple[np.ndarray, np.ndarray] | str | None = None
         self.tissue_only = tissue_only
         self.background = background
         self.mean: list[float] | None = None
@@ -83,16 +89,34 @@ class Reinhard:
 
     def fit(self, images) -> dict:
         """Global per-channel mean/std over every (tissue) pixel of ``images``, in one streaming pass."""
-        mean, std = self._moments(images)
-        self.mean, self.std = mean.tolist(), std.tolist()
+        moments = self._moments(images)
+        if moments is None:
+            raise histofuse.DataError(
+                "reinhard found no (tissue) pixels in the images it was given to measure; "
+                "give it at least one RGB image with tissue (or turn tissue_only off)"
+            )
+        self.mean, self.std = moments[0].tolist(), moments[1].tolist()
         return self.state
 
     def adapt(self, images) -> None:
-        """With ``source = "dataset"``: learn the global statistics of the set about to be transformed."""
-        if self.source == "dataset":
-            self.source_stats = self._moments(images)
+        """With ``source = "dataset"``: learn the global statistics of the set about to be transformed.
 
-    def _moments(self, images):
+        A set without (tissue) pixels is not an error: its tiles come back unchanged, counted under the reason.
+        """
+        if self.source == "dataset":
+            moments = self._moments(images)
+            self.source_stats = f"the set: {TOO_LITTLE_TISSUE}" if moments is None else moments
+
+    @property
+    def adapted(self) -> dict | None:
+        """What adapt() measured on the set (``source = "dataset"``), for the run's metrics; None otherwise."""
+        if self.source != "dataset" or self.source_stats is None:
+            return None
+        if isinstance(self.source_stats, str):
+            return {"unchanged": self.source_stats}
+        return {"mean": np.round(self.source_stats[0], 2).tolist(), "std": np.round(self.source_stats[1], 2).tolist()}
+
+    def _moments(self, images) -> tuple[np.ndarray, np.ndarray] | None:
         # Chan et al.'s merge of per-image moments: constant memory, no catastrophic cancellation.
         count, mean, m2 = 0, np.zeros(3), np.zeros(3)
         for rgb in images:
@@ -105,10 +129,7 @@ class Reinhard:
             m2 = m2 + np.square(image_std) * n + np.square(delta) * count * n / total
             count = total
         if count == 0:
-            raise histofuse.DataError(
-                "reinhard found no (tissue) pixels in the images it was given to measure; "
-                "give it at least one RGB image with tissue (or turn tissue_only off)"
-            )
+            return None
         return mean, np.sqrt(m2 / count)
 
     @property
@@ -118,26 +139,23 @@ class Reinhard:
     def load_state(self, state: dict) -> None:
         self.mean, self.std = list(state["mean"]), list(state["std"])
 
-    def transform(self, rgb):
-        """One fused affine map per image in float32 LAB; exact to about one grey level."""
+    def normalize(self, rgb) -> tuple[np.ndarray, str | None]:
+        """(normalized tile, None), or (a copy of it, why it was left unchanged); one fused affine map per image
+        in float32 LAB, exact to about one grey level. Counts nothing, so it is the call for worker processes."""
         import cv2
 
         if self.mean is None:
             raise histofuse.NotFittedError("reinhard normalizer is not fitted: call fit(images) or load_state(state) first")
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
-            return self._unchanged(rgb, "not an RGB image")
+            return np.array(rgb, copy=True), "not an RGB image"
         lab = _native_lab(rgb)
-        if self.source == "dataset":
-            if self.source_stats is None:
-                raise histofuse.NotFittedError("reinhard with source = \"dataset\" needs adapt(images) on the set first")
-            src_mean, src_std = self.source_stats
-        else:
-            count, src_mean, src_std = self._image_moments(rgb, lab)
-            if count < 16:
-                return self._unchanged(rgb, "too little tissue (background, or a tiny tile)")
+        source = self._source_of(rgb, lab)
+        if isinstance(source, str):
+            return np.array(rgb, copy=True), source
+        src_mean, src_std = source
         if (src_std < self.min_std).any():
-            return self._unchanged(rgb, "flat (a LAB channel's std below min_std): rescaling would divide by ~0")
+            return np.array(rgb, copy=True), "a LAB channel's std below min_std: rescaling it would divide by ~0"
         gain = np.asarray(self.std) / src_std
         shift = np.asarray(self.mean) - src_mean * gain
         # The map is defined on the 8-bit scale (x8 = s*x + o); applied to native LAB it becomes
@@ -145,11 +163,28 @@ class Reinhard:
         native_shift = (gain * _OFFSET + shift - _OFFSET) / _SCALE
         matrix = np.hstack([np.diag(gain), native_shift[:, None]]).astype(np.float32)
         out = cv2.cvtColor(cv2.transform(lab, matrix), cv2.COLOR_LAB2RGB)
-        return cv2.multiply(out, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # rounds and saturates
+        return cv2.multiply(out, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U), None  # rounds and saturates
 
+    def _source_of(self, rgb, lab) -> tuple[np.ndarray, np.ndarray] | str:
+        """The (mean, std) to map from, or why the tile has none worth trusting."""
+        if self.source == "dataset":
+            if self.source_stats is None:
+                raise histofuse.NotFittedError("reinhard with source = \"dataset\" needs adapt(images) on the set first")
+            return self.source_stats
+        count, mean, std = self._image_moments(rgb, lab)
+        if count < 16:
+            return TOO_LITTLE_TISSUE
+        # Noise on an even colour would be stretched to the target's spread, and the colour moved to its mean.
+        if std.max() < self.min_contrast:
+            return FLAT
+        return mean, std
 
-    def _unchanged(self, rgb, reason: str):
-        return leave_unchanged(self.unchanged, "reinhard", rgb, reason)
+    def transform(self, rgb):
+        """The normalized tile; one left unchanged is counted in ``unchanged``."""
+        out, reason = self.normalize(rgb)
+        if reason is not None:
+            count_unchanged(self.unchanged, "reinhard", reason)
+        return out
 
 
 _SCALE = np.array([255.0 / 100.0, 1.0, 1.0])
