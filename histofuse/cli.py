@@ -179,6 +179,9 @@ def predict(
     for row in bad.itertuples(index=False):
         err_console.print(f"unreadable: {row.path}: {row.error}", markup=False)
     summary = f"{len(result) - len(bad)} predicted, {len(bad)} unreadable"
+    if normalize:
+        for reason, count in result.loc[result["unnormalized"] != "", "unnormalized"].value_counts().items():
+            err_console.print(f"left unnormalized: {count} image(s): {reason}", markup=False)
     threshold = run.calibration(tta)["threshold"]
     console.print(summary + (f"; threshold {threshold:.3f} (from the run's validation split, TTA {tta})" if threshold is not None else ""))
 

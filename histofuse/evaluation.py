@@ -332,9 +332,8 @@ class Evaluator:
             dataset = ImageTable(frame, self.classes, transform, **options)
         else:
             dataset = NormalizingTable(frame, self.classes, transform, normalizer, **options)
-        loader = make_loader(dataset, self.recipe.data.eval_batch_size or self.recipe.data.batch_size, train=False, num_workers=self.workers)
-        loader.collate_fn = collate_unchanged  # make_loader takes no collate function; this is its own plus the reasons
-        return loader
+        batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
+        return make_loader(dataset, batch, train=False, num_workers=self.workers, collate_fn=collate_unchanged)
 
     def calibration(self, tta: str) -> dict:
         """Threshold and temperature for this TTA mode, fitted on the validation split the first time."""

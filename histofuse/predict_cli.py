@@ -16,49 +16,54 @@ TTA_MODES = get_args(TTA)  # what a recipe accepts; tests check histofuse.tta im
 
 
 def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int, console) -> pd.DataFrame:
-    """One row per input image: probabilities and the decided class, or the reason it could not be read."""
+    """One row per input image: probabilities and the decided class, or the reason it could not be read; with
+    ``normalize``, also why the normalizer left a tile unchanged (a background or flat tile, say)."""
     from histofuse.data.decode import decoded_images
-    from histofuse.data.loading import ImageTable, make_loader
     from histofuse.inference import expand_inputs
 
     if tta not in TTA_MODES:
         raise HistofuseError(f"--tta: expected one of {', '.join(TTA_MODES)}, got '{tta}'")
+    if normalize and run.normalizer is None:
+        raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
     paths, failed = expand_inputs(inputs)
     if not paths and not failed:
         raise HistofuseError("no image files found in " + ", ".join(map(str, inputs)) + f" (looked for {', '.join(run_suffixes())})")
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
-    rows = []
+    rows, unchanged = [], {}
     if paths:
         if normalize:
             run.adapt(rgb for _, rgb in decoded_images(frame["path"]))
-        dataset = ImageTable(
-            frame, run.classes, run.transform_for(tta), preprocess=_normalizer(run, normalize), max_pixels=run.recipe.data.max_image_pixels
-        )
-        loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers)
         columns = (TextColumn("  predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("predict", total=len(paths))
-            for batch in loader:
+            for batch in _batches(run, frame, tta, normalize, batch_size, num_workers, unchanged):
                 failed += batch["failed"]
                 if batch["image"] is not None:
                     probs = run.probabilities(batch["image"], tta)
                     decided = run.decide(probs, tta)
                     for index, p, d in zip(batch["index"].tolist(), probs, decided):
                         rows.append({"path": frame["path"][index], "predicted": run.classes[d], "error": "",
-                                     **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}})
+                                     "unnormalized": unchanged.get(index, ""), **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}})
                 progress.advance(task, len(batch["failed"]) + (0 if batch["image"] is None else len(batch["image"])))
-    rows += [{"path": path, "predicted": "", "error": reason} for path, reason in failed]
+    rows += [{"path": path, "predicted": "", "error": reason, "unnormalized": ""} for path, reason in failed]
+    names = ["path", "predicted", *[f"prob_{c}" for c in run.classes], "error"] + (["unnormalized"] if normalize else [])
+    result = pd.DataFrame(rows, columns=names)
     order = {str(p): i for i, p in enumerate(paths)}
-    result = pd.DataFrame(rows, columns=["path", "predicted", *[f"prob_{c}" for c in run.classes], "error"])
     return result.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order)))).reset_index(drop=True)
 
 
-def _normalizer(run, normalize: bool):
+def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: int, num_workers: int, unchanged: dict):
+    """The loader's batches; normalizing, each tile the normalizer left unchanged lands in ``unchanged`` by index
+    (the normalizer runs in the workers, whose own counts never reach this process)."""
+    from histofuse.data.loading import ImageTable, make_loader
+    from histofuse.evaluation import NormalizingTable, collate_unchanged, collect_unchanged
+
+    options = dict(max_pixels=run.recipe.data.max_image_pixels)
     if not normalize:
-        return None
-    if run.normalizer is None:
-        raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
-    return run.normalizer.transform
+        return make_loader(ImageTable(frame, run.classes, run.transform_for(tta), **options), batch_size, train=False, num_workers=num_workers)
+    dataset = NormalizingTable(frame, run.classes, run.transform_for(tta), run.normalizer, **options)
+    loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers, collate_fn=collate_unchanged)
+    return collect_unchanged(loader, unchanged)
 
 
 def run_suffixes() -> tuple[str, ...]:

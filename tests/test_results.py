@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -97,6 +98,23 @@ def test_predict_a_folder_with_a_corrupt_file_predicts_the_rest_and_names_it(fin
         assert row.predicted == run.classes[int(run.decide(expected[None], "d4")[0])]
     normalized = run_cli(["predict", str(finished_run), str(folder), "--normalize", "--num-workers", "0"])
     assert normalized.exit_code == 0, normalized.output
+
+
+def test_predict_normalizing_names_the_tiles_left_unnormalized_even_from_worker_processes(finished_run, synthetic_root, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    tissue = sorted(synthetic_root.rglob("*.png"))[:2]
+    for i, source in enumerate(tissue):
+        shutil.copy(source, folder / f"tissue{i}.png")
+    cv2.imwrite(str(folder / "glass.png"), np.full((64, 96, 3), 245, np.uint8))  # a background-only tile
+    out = tmp_path / "normalized.csv"
+    result = run_cli(["predict", str(finished_run), str(folder), "--normalize", "--num-workers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    reasons = dict(zip(table["path"].map(lambda p: Path(p).name), table["unnormalized"]))
+    assert reasons["tissue0.png"] == reasons["tissue1.png"] == ""
+    assert reasons["glass.png"] and table["predicted"].ne("").all()  # predicted all the same, unnormalized
+    assert f"left unnormalized: 1 image(s): {reasons['glass.png']}" in result.output
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -123,6 +123,7 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
     prefetch: int | None = None,
+    collate_fn: Callable[[list[dict]], dict] = collate,
 ) -> DataLoader:
     """A loader; in training its :class:`EpochSampler` (``loader.sampler``) makes each epoch reproducible from ``seed``."""
     sampler = EpochSampler(dataset.labels, balanced=balanced, seed=seed) if train else None
@@ -131,7 +132,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         # A last training batch of one image would break batch norm; evaluation keeps every image.
         drop_last=train and len(dataset) > batch_size,
         # Training reuses its workers every epoch; an evaluation loader is iterated once.
