@@ -56,7 +56,10 @@ class NormalizerSpec:
     ``build(**options)`` returns an object with ``fit(images) -> state``,
     ``transform(rgb) -> rgb`` (uint8 RGB in and out), ``state`` (plain JSON
     data) and ``load_state(state)``; ``transform`` before ``fit`` raises
-    :class:`histofuse.NotFittedError`.
+    :class:`histofuse.NotFittedError`. Optional: ``normalize(rgb) -> (rgb, reason
+    or None)``, saying why a tile was left unchanged (evaluation and predict count
+    it), and ``adapt(images)`` with ``adapted``, for a normalizer that measures
+    each evaluated set before transforming it.
     """
 
     name: str

@@ -104,6 +104,17 @@ def registry(builtin_pm):
     return Registry(builtin_pm)
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one state per process and refuses another precision later in it: a run in the test
+    process with a precision other than the suite's default starts and ends on a clean state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 def write_toml(path: Path, data: dict) -> Path:
     import tomli_w
 

@@ -13,7 +13,7 @@ import torch
 PROBE = Path(__file__).resolve().parent / "probe"
 
 
-def test_cached_features_train_under_bf16_and_accumulate_gradients(tmp_path, tiny_recipe_dict, monkeypatch):
+def test_cached_features_train_under_bf16_and_accumulate_gradients(tmp_path, tiny_recipe_dict, monkeypatch, fresh_accelerator_state):
     """16 training images in batches of 5: 3 batches an epoch (the last one, of one image, dropped); with
     accumulation 2 the optimizer steps after batch 2 and at the end of the epoch, twice an epoch."""
     from conftest import write_toml
