@@ -38,31 +38,29 @@ class PluginManager(pluggy.PluginManager):
     def load_entry_points(self, group: str = hookspecs.PROJECT) -> None:
         """Import every entry point of ``group``; a failing one is recorded, not raised."""
         seen: set[tuple[str, str]] = set()
-        for dist in importlib.metadata.distributions():
-            dist_name = dist.metadata["Name"] or "(unknown)"
-            label = f"{dist_name} {dist.version}"
-            for ep in dist.entry_points:
-                # The same distribution can be visible twice on sys.path (editable + build dir).
-                if ep.group != group or (ep.name, ep.value) in seen:
-                    continue
-                seen.add((ep.name, ep.value))
-                if self.get_plugin(ep.name) is not None:
-                    other = self.distributions.get(ep.name, "?")
-                    self.failures.append(
-                        PluginFailure(ep.name, label, f"plugin name '{ep.name}' is already used by {other}")
-                    )
-                    continue
-                try:
-                    module = ep.load()
-                    self.register_plugin(module, ep.name, label)
-                    self.check_pending()
-                except pluggy.PluginValidationError as exc:
-                    # e.g. a misspelt hook name: this plugin is broken, the others still work
-                    self.unregister(name=ep.name)
-                    self.distributions.pop(ep.name, None)
-                    self.failures.append(PluginFailure(ep.name, label, f"invalid plugin: {exc}"))
-                except Exception as exc:  # any import error must not take the CLI down
-                    self.failures.append(PluginFailure(ep.name, label, f"{type(exc).__name__}: {exc}"))
+        # entry_points(group=...) reads each distribution's entry_points.txt only: parsing every METADATA
+        # file to learn a name cost ~0.4 s of start-up in an environment of a few hundred packages.
+        for ep in importlib.metadata.entry_points(group=group):
+            # The same distribution can be visible twice on sys.path (editable + build dir).
+            if (ep.name, ep.value) in seen:
+                continue
+            seen.add((ep.name, ep.value))
+            label = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "(unknown)"
+            if self.get_plugin(ep.name) is not None:
+                other = self.distributions.get(ep.name, "?")
+                self.failures.append(PluginFailure(ep.name, label, f"plugin name '{ep.name}' is already used by {other}"))
+                continue
+            try:
+                module = ep.load()
+                self.register_plugin(module, ep.name, label)
+                self.check_pending()
+            except pluggy.PluginValidationError as exc:
+                # e.g. a misspelt hook name: this plugin is broken, the others still work
+                self.unregister(name=ep.name)
+                self.distributions.pop(ep.name, None)
+                self.failures.append(PluginFailure(ep.name, label, f"invalid plugin: {exc}"))
+            except Exception as exc:  # any import error must not take the CLI down
+                self.failures.append(PluginFailure(ep.name, label, f"{type(exc).__name__}: {exc}"))
 
 
     def load_modules(self, names: list[str]) -> None:
