@@ -11,6 +11,10 @@ import pytest
 # Nothing in the suite may touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# pytest-xdist runs one worker process per core: one intra-op thread each (and in the runs they start)
+# keeps them from fighting over the cores. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

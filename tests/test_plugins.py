@@ -103,7 +103,7 @@ def make_fake_distribution(tmp_path, module_name, module_source, entry_name=None
     """A throwaway distribution on sys.path: a module plus a .dist-info with its entry point."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / f"{module_name}.py").write_text(textwrap.dedent(module_source))
-    info = tmp_path / f"{module_name.replace('_', '-')}-0.1.dist-info"
+    info = tmp_path / f"{module_name}-0.1.dist-info"  # as a wheel names it: '-' only before the version
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module_name.replace('_', '-')}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[histofuse]\n{entry_name or module_name} = {module_name}\n")
