@@ -169,7 +169,11 @@ def main() -> None:
     else:
         from histofuse.recipe import load_recipe
 
-        images = sorted(Path(load_recipe(run_dir / "recipe.toml").data.root).rglob("*.png"))[:12]
+        root = Path(load_recipe(run_dir / "recipe.toml").data.root)
+        images = sorted(root.rglob("*.png"))[:12]
+        if not images:  # else every request would be one of the two bad files, and the figures meaningless
+            raise SystemExit(f"no PNG images under the run's data.root {root}: run this from the folder the run was "
+                             "trained in (data.root may be relative to it)")
     cases = make_cases(run_dir, images, folder)
     port = free_port()
     server = start_server(run_dir, port)
