@@ -265,6 +265,18 @@ def collect_unchanged(loader, reasons: dict):
         yield batch
 
 
+def make_eval_loader(frame: pd.DataFrame, classes: list[str], transform, normalizer, batch_size: int, num_workers: int, **options):
+    """An evaluation loader over ``frame``; with a ``normalizer``, each tile it leaves unchanged carries its
+    reason, which :func:`collect_unchanged` gathers where the batches arrive."""
+    from histofuse.data.loading import ImageTable, make_loader
+
+    if normalizer is None:
+        dataset = ImageTable(frame, classes, transform, **options)
+    else:
+        dataset = NormalizingTable(frame, classes, transform, normalizer, **options)
+    return make_loader(dataset, batch_size, train=False, num_workers=num_workers, collate_fn=collate_unchanged)
+
+
 def normalization_summary(method: str, normalizer, reasons: dict, accelerator) -> dict:
     """What the normalizer did to one set, for its metrics: unchanged tiles by reason, what adapt() measured."""
     if accelerator.num_processes > 1:
@@ -320,20 +332,13 @@ class Evaluator:
         return predictions, normalization_summary(method, normalizer, reasons, self.accelerator) if normalize else None
 
     def _loader(self, frame: pd.DataFrame, tta: str, normalizer):
-        from histofuse.data.loading import ImageTable, make_loader
-
-        transform = self.transforms["crops5" if tta == "crops5" else "none"]
-        options = dict(
+        return make_eval_loader(
+            frame, self.classes, self.transforms["crops5" if tta == "crops5" else "none"], normalizer,
+            self.recipe.data.eval_batch_size or self.recipe.data.batch_size, self.workers,
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
             max_pixels=self.recipe.data.max_image_pixels,
         )
-        if normalizer is None:
-            dataset = ImageTable(frame, self.classes, transform, **options)
-        else:
-            dataset = NormalizingTable(frame, self.classes, transform, normalizer, **options)
-        batch = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
-        return make_loader(dataset, batch, train=False, num_workers=self.workers, collate_fn=collate_unchanged)
 
     def calibration(self, tta: str) -> dict:
         """Threshold and temperature for this TTA mode, fitted on the validation split the first time."""

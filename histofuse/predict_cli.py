@@ -55,14 +55,10 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
 def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: int, num_workers: int, unchanged: dict):
     """The loader's batches; normalizing, each tile the normalizer left unchanged lands in ``unchanged`` by index
     (the normalizer runs in the workers, whose own counts never reach this process)."""
-    from histofuse.data.loading import ImageTable, make_loader
-    from histofuse.evaluation import NormalizingTable, collate_unchanged, collect_unchanged
+    from histofuse.evaluation import collect_unchanged, make_eval_loader
 
-    options = dict(max_pixels=run.recipe.data.max_image_pixels)
-    if not normalize:
-        return make_loader(ImageTable(frame, run.classes, run.transform_for(tta), **options), batch_size, train=False, num_workers=num_workers)
-    dataset = NormalizingTable(frame, run.classes, run.transform_for(tta), run.normalizer, **options)
-    loader = make_loader(dataset, batch_size, train=False, num_workers=num_workers, collate_fn=collate_unchanged)
+    loader = make_eval_loader(frame, run.classes, run.transform_for(tta), run.normalizer if normalize else None,
+                              batch_size, num_workers, max_pixels=run.recipe.data.max_image_pixels)
     return collect_unchanged(loader, unchanged)
 
 
