@@ -45,8 +45,11 @@ class HybridModel(nn.Module):
     """Several backbones see the same image; their features are fused and classified.
 
     Inputs are RGB in [0, 1]; each backbone normalises them its own way. A backbone
-    with no trainable parameter runs in eval mode without building a graph: frozen
-    means its batch-norm statistics stay what they were, and it costs inference only.
+    with no trainable parameter runs without building a graph, and it costs inference
+    only. Frozen means frozen: in training mode every normalization layer with running
+    statistics whose own parameters are frozen stays in eval mode, so its statistics
+    stay what pretraining measured, whatever else in its backbone trains. With
+    ``batchnorm = "frozen"`` (set per phase) the unfrozen ones keep theirs too.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class HybridModel(nn.Module):
         )
         self.fusion = fusion
         self.head = head
+        self.batchnorm: Literal["frozen", "train"] = "frozen"
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -91,9 +95,14 @@ class HybridModel(nn.Module):
 
     def train(self, mode: bool = True) -> "HybridModel":
         super().train(mode)
-        for backbone in self.backbones.values():
-            if mode and is_frozen(backbone):
-                backbone.eval()
+        if mode:
+            for backbone in self.backbones.values():
+                if is_frozen(backbone):
+                    backbone.eval()
+                    continue
+                for module in backbone.modules():
+                    if has_running_stats(module) and (self.batchnorm == "frozen" or _norm_is_frozen(module)):
+                        module.eval()
         return self
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -130,6 +139,17 @@ def is_frozen(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
 
+def has_running_stats(module: nn.Module) -> bool:
+    """Batch norm (torch's, timm's fused BatchNormAct, instance norm that tracks statistics, ...)."""
+    return getattr(module, "running_mean", None) is not None and getattr(module, "track_running_stats", True)
+
+
+def _norm_is_frozen(module: nn.Module) -> bool:
+    # A norm without an affine transform has nothing to freeze: it follows its trained neighbours.
+    params = list(module.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
 @dataclass(frozen=True)
 class PhasePlan:
     """What one phase trains, and at which learning rate; parameter groups ready for an optimizer."""
@@ -139,20 +159,25 @@ class PhasePlan:
     unfrozen_groups: dict[str, int]  # backbone name -> number of trailing groups trained
 
 
-def apply_phase(model: HybridModel, phase: PhaseConfig, phase_path: str = "phase") -> PhasePlan:
-    """Set ``requires_grad`` for a phase and return the optimizer's parameter groups.
+def apply_phase(
+    model: HybridModel, phase: PhaseConfig, phase_path: str = "phase", previous: PhaseConfig | None = None
+) -> PhasePlan:
+    """Set ``requires_grad`` and the batch-norm rule for a phase; return the optimizer's parameter groups.
 
-    Fusion and head always train at ``lr.head``; the last N parameter groups of
-    each backbone (as the backbone orders them, input side first) train at
-    ``lr.<backbone name>`` if given, else ``lr.backbone``, one optimizer group
-    per backbone; everything else is frozen.
+    Fusion and head always train at ``lr.head``. The last N parameter groups of
+    each backbone (as the backbone orders them, input side first) train, each as
+    one optimizer group named after its backbone: the top one at ``lr.<backbone
+    name>`` if given, else ``lr.backbone``, each one below at ``layer_decay``
+    times the one above. A group that ``previous`` (the phase before) kept frozen
+    is marked ``warmup``. Everything else is frozen.
     """
     for p in model.parameters():
         p.requires_grad_(False)
+    model.batchnorm = phase.batchnorm
     head_params = model.head_parameters()
     for p in head_params:
         p.requires_grad_(True)
-    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head}]
+    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head, "warmup": False}]
     trainable = {"head": sum(p.numel() for p in head_params)}
     unfrozen: dict[str, int] = {}
     problems = []
@@ -165,16 +190,30 @@ def apply_phase(model: HybridModel, phase: PhaseConfig, phase_path: str = "phase
                 f"backbone '{name}' has {len(groups)}; use at most {len(groups)} or \"all\""
             )
             continue
-        chosen = [p for group in groups[len(groups) - n :] for p in group] if n else []
-        for p in chosen:
-            p.requires_grad_(True)
-        if chosen:
-            param_groups.append({"name": name, "params": chosen, "lr": phase.lr.for_backbone(name)})
+        trained_before = _groups_to_unfreeze(previous.unfreeze, name, len(groups)) if previous else 0
+        chosen = groups[len(groups) - n :] if n else []
+        for depth, group in enumerate(reversed(chosen)):  # depth 0: the group nearest the output
+            for p in group:
+                p.requires_grad_(True)
+            if group:
+                rate = phase.lr.for_backbone(name) * phase.layer_decay**depth
+                param_groups.append({"name": name, "params": list(group), "lr": rate, "warmup": depth >= trained_before})
         unfrozen[name] = n
-        trainable[name] = sum(p.numel() for p in chosen)
+        trainable[name] = sum(p.numel() for group in chosen for p in group)
     if problems:
         raise RecipeError("recipe", problems)
     return PhasePlan(param_groups, trainable, unfrozen)
+
+
+def describe_rates(param_groups: list[dict], skip_head: bool = False) -> str:
+    """One entry per part: its top learning rate, and the lowest one where layer-wise decay spreads them."""
+    rates: dict[str, list[float]] = {}
+    for group in param_groups:
+        rates.setdefault(group["name"], []).append(group["lr"])
+    return ", ".join(
+        f"{name} {max(r):g}" + (f"..{min(r):g}" if min(r) != max(r) else "")
+        for name, r in rates.items() if not (skip_head and name == "head")
+    )
 
 
 def _groups_to_unfreeze(unfreeze: Literal["none", "all"] | dict[str, int], name: str, available: int) -> int:

@@ -55,6 +55,10 @@ class DataConfig(_Section):
     cache: bool = Field(False, description="decode and resize each image once, into an on-disk memory-mapped cache")
     cache_dir: str | None = Field(None, description="where the cache lives; default ~/.cache/histofuse/decoded")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    permute_labels: bool = Field(
+        False, description="permutation control: shuffle the diagnoses among the training patients (validation and "
+        "test keep theirs); a model that learns from tissue then tests at chance"
+    )
 
     @model_validator(mode="after")
     def _resize_covers_crop(self) -> "DataConfig":
@@ -117,6 +121,18 @@ class PhaseConfig(_Section):
     augment: Literal["strong", "medium", "light", "none"] = "strong"
     stain_jitter: float = Field(0.0, ge=0, le=1)
     stain_jitter_method: Literal["hestain", "macenko"] = "hestain"
+    batchnorm: Literal["frozen", "train"] = Field(
+        "frozen", description="batch norms of unfrozen layers: 'frozen' keeps normalizing with their running statistics "
+        "while their weights train, 'train' normalizes with batch statistics and updates them; frozen layers' always stay"
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0, le=100, description="ramp the learning rate of backbone groups this phase newly unfreezes linearly "
+        "from 0 over this many epochs, so their first large gradients cannot wreck what earlier phases learned"
+    )
+    layer_decay: float = Field(
+        1.0, gt=0, le=1, description="layer-wise learning-rate decay: each backbone parameter group trains at this "
+        "factor times the rate of the group above it (the top group at lr.backbone); 1 = one rate for all"
+    )
     cache_features: bool = Field(
         False, description="compute the frozen backbones' features once and train fusion + head on them (needs "
         'unfreeze = "none", augment = "none", stain_jitter = 0)'

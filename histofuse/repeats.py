@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-HEADLINE = ("auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
+# colour_only_auc: what six LAB numbers achieve on the same split, the floor a model's AUC is read against.
+HEADLINE = ("auc", "colour_only_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
 
 
 def repeated_recipes(recipe, count: int, vary_split: bool) -> list:
@@ -29,7 +30,8 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
         recipe_seed = json.loads((run_dir / "model.json").read_text())["recipe"]["seed"]
         for name, m in json.loads((run_dir / "metrics.json").read_text()).items():
             if "error" not in m:
-                rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: m.get(k) for k in HEADLINE}})
+                colour = {"colour_only_auc": (m.get("color_baseline") or {}).get("auc")}
+                rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: {**m, **colour}.get(k) for k in HEADLINE}})
     table = pd.DataFrame(rows)
     summary = {}
     for name, part in table.groupby("set", sort=False):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from rich.markup import escape
 
-from histofuse.data.split import split_by_group
+from histofuse.data.split import permute_training_labels, split_by_group
 from histofuse.data.table import check_table
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, recipe_to_toml, validate_options
@@ -140,6 +140,9 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
         check_external_sets(recipe, registry, classes)
     split = recipe.data.split
     table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
+    if recipe.data.permute_labels:
+        table = permute_training_labels(table, recipe.seed)
+        console.print("[yellow]permutation control:[/] the training patients' labels are shuffled (data.permute_labels)")
 
     checkpoint = None
     if resume is not None:

@@ -48,7 +48,7 @@ def check_model(recipe: Recipe, registry: Registry) -> tuple[list[str], object]:
 
 
 def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
-    from histofuse.model import apply_phase, count_parameters
+    from histofuse.model import apply_phase, count_parameters, describe_rates
 
     components = Table(title=f"recipe '{recipe.name}': components")
     for column in ("role", "kind", "name", "provided by"):
@@ -81,7 +81,7 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
         trainable = sum(plan.trainable.values())
         phases.add_row(
             str(i + 1), phase.name, str(phase.epochs), unfreeze, f"{phase.lr.head:g}",
-            ", ".join(f"{g['name']} {g['lr']:g}" for g in plan.param_groups[1:]) or "-",
+            describe_rates(plan.param_groups, skip_head=True) or "-",
             f"{trainable / 1e6:.2f}M", phase.augment,
         )
 

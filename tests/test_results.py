@@ -193,7 +193,7 @@ def test_the_web_app_refuses_bad_uploads_with_clear_messages(finished_run, synth
 def test_repeated_runs_report_mean_and_std(tmp_path, tiny_recipe_dict, vary_split):
     from histofuse.manifest import split_hash
 
-    tiny_recipe_dict["evaluation"] = {"bootstrap": 0, "color_baseline": False}
+    tiny_recipe_dict["evaluation"] = {"bootstrap": 0, "color_baseline": True}
     recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
     args = ["run", str(recipe), "-o", str(tmp_path / "runs"), "--repeat", "2"] + (["--repeat-splits"] if vary_split else [])
     result = run_cli(args)
@@ -209,6 +209,8 @@ def test_repeated_runs_report_mean_and_std(tmp_path, tiny_recipe_dict, vary_spli
     assert len(summary["values"]) == 2 and summary["mean"] == pytest.approx(np.mean(summary["values"]))
     assert summary["std"] == pytest.approx(np.std(summary["values"], ddof=1))
     assert "mean ± standard deviation" in result.output
+    colour = json.loads(summary_file.read_text())["summary"]["test"]["colour_only_auc"]  # the floor, beside the model
+    assert len(colour["values"]) == 2 and "colour_only_auc" in result.output
 
 
 def test_a_space_export_starts_from_a_fresh_virtual_environment(finished_run, synthetic_root, tmp_path):

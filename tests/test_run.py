@@ -39,6 +39,8 @@ def test_a_run_writes_everything_a_user_needs(tmp_path, tiny_recipe_dict):
     assert history["phase"].tolist() == ["head", "partial", "full", "full"]
     assert history["lr_cnn"].tolist()[:2] == [0.0, 1e-4]
     assert history["lr_vit"].tolist()[:2] == [0.0, 1e-4]
+    best_head = history.loc[history["phase"] == "head", "epoch"].max()  # one head epoch: it is the best so far
+    assert history["start_weights"].tolist()[:2] == ["initial", f"best of epoch {best_head}"]
     assert "epochs = 2" in (run_dir / "recipe.toml").read_text()  # the override is part of the resolved recipe
 
     split = pd.read_csv(run_dir / "split.csv", dtype={"group": str})

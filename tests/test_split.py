@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from histofuse.data.split import check_no_leakage, split_by_group
+from histofuse.data.split import check_no_leakage, permute_training_labels, split_by_group
 from histofuse.errors import DataError
 
 
@@ -61,3 +61,16 @@ def test_rows_without_a_group_are_rejected_not_merged():
     rows.loc[0, "group"] = None
     with pytest.raises(DataError, match="1 row\\(s\\) without a path, label or group"):
         check_table(rows, "toy", None)
+
+
+def test_the_permutation_control_shuffles_whole_training_patients_and_nothing_else():
+    split = split_by_group(table(), 0.2, 0.2, seed=3)
+    permuted = permute_training_labels(split, seed=3)
+    train = split["split"] == "train"
+    assert permuted.loc[~train].equals(split.loc[~train])
+    assert permuted.loc[train].groupby("group")["label"].nunique().max() == 1  # a patient keeps one diagnosis
+    per_patient = lambda t: t.loc[train].drop_duplicates("group")["label"].value_counts().to_dict()  # noqa: E731
+    assert per_patient(permuted) == per_patient(split)  # the class balance stays
+    changed = (permuted.loc[train, "label"] != split.loc[train, "label"]).groupby(split.loc[train, "group"]).all()
+    assert changed.sum() >= 4
+    assert permuted.equals(permute_training_labels(split, seed=3))

@@ -55,6 +55,23 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
     return out
 
 
+def permute_training_labels(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The permutation control: the training patients' diagnoses shuffled among them.
+
+    Each training patient gets another training patient's label for all of its
+    images, so the class balance stays; validation and test keep their true
+    labels. A pipeline that learns from tissue then tests at chance; one that
+    scores well has a leak (the split, a file name, a shortcut in the data).
+    """
+    train = table["split"] == "train"
+    group_label = table[train].groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+    groups = sorted(group_label.index, key=str)
+    shuffled = np.random.default_rng([seed, 7919]).permutation([group_label[g] for g in groups])
+    out = table.copy()
+    out.loc[train, "label"] = out.loc[train, "group"].map(dict(zip(groups, shuffled)))
+    return out
+
+
 def check_no_leakage(table: pd.DataFrame) -> None:
     """Raise if any group appears in more than one split."""
     per_group = table.groupby("group")["split"].nunique()

@@ -49,6 +49,7 @@ class TrainingState:
     phase_done: bool = False
     failed: dict[str, str] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)  # NaN losses and divergence warnings, for metrics.json
+    phase_start: str = ""  # the weights the current phase started from, for history.csv
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainingState":

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from histofuse.data.sampling import epoch_seed
 from histofuse.errors import DataError, HistofuseError
 from histofuse.metrics import classification_metrics, monitor_value
-from histofuse.model import HybridModel, apply_phase
+from histofuse.model import HybridModel, apply_phase, describe_rates
 from histofuse.recipe import PhaseConfig, Recipe
 from histofuse.training.accel import prepare_phase, release, unwrap
 from histofuse.training.checkpoint import load_weights, save_weights
@@ -28,6 +28,7 @@ from histofuse.training.history import History
 from histofuse.training.predict import Predictions, predict
 from histofuse.training.progress import EpochProgress
 from histofuse.training.trackers import Trackers
+from histofuse.training.warmup import Warmup
 
 
 class Trainer:
@@ -82,11 +83,22 @@ class Trainer:
             first = self.state.phase_index + int(self.state.phase_done)
         for index in range(first, len(self.recipe.phases)):
             continuing = self.resume is not None and index == self.state.phase_index and not self.state.phase_done
-            if index and not continuing and self.training.restore_best_between_phases and self.state.best_epoch:
-                load_weights(self.model, self.run_dir)
+            if not continuing:
+                self.state.phase_start = self._weights_to_start_phase(index)
             self._run_phase(index, self.recipe.phases[index], continuing)
         self.resume = None
         return self.state
+
+    def _weights_to_start_phase(self, index: int) -> str:
+        """Load what the phase starts from and say what it was: a line of history.csv per epoch keeps it."""
+        state = self.state
+        if index == 0:
+            return "initial"
+        if self.training.restore_best_between_phases and state.best_epoch:
+            load_weights(self.model, self.run_dir)
+            self.accelerator.print(f"phase {index + 1} starts from the best weights so far (epoch {state.best_epoch})")
+            return f"best of epoch {state.best_epoch}"
+        return f"last of epoch {state.epoch}"
 
     def _restore_best_weights_of_checkpoint(self) -> None:
         """Best weights from an epoch past the checkpoint would be loaded between phases and tested at the end."""
@@ -96,7 +108,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _run_phase(self, index: int, phase: PhaseConfig, continuing: bool) -> None:
-        plan = apply_phase(self.model, phase, f"phases[{index}]")
+        previous = self.recipe.phases[index - 1] if index else None
+        plan = apply_phase(self.model, phase, f"phases[{index}]", previous)
         optimizer = self.hooks.make_optimizer(param_groups=plan.param_groups, training=self.training)
         scheduler = self.hooks.make_scheduler(optimizer=optimizer, training=self.training)
         model, optimizer, train_loader, val_loader = prepare_phase(
@@ -113,10 +126,13 @@ class Trainer:
         else:
             first, stale = 1, 0
             state.phase_index, state.phase_epoch, state.phase_done = index, 0, False
+        # After a resume's optimizer state is loaded: the ramp's progress is part of it.
+        steps = math.ceil(phase.warmup_epochs * len(train_loader) / self.training.grad_accumulation) if banks is None else 0
+        self.warmup = Warmup(optimizer, steps)
+        ramp = f", newly unfrozen groups warm up over {steps} steps" if self.warmup.groups else ""
         self.accelerator.print(
             f"phase {index + 1}/{len(self.recipe.phases)} '{phase.name}': {phase.epochs} epochs, "
-            f"trainable {_describe(plan.trainable)}, lr "
-            + ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups)
+            f"trainable {_describe(plan.trainable)}, lr {describe_rates(plan.param_groups)}{ramp}"
         )
         for phase_epoch in range(first, phase.epochs + 1):
             state.epoch += 1
@@ -144,7 +160,9 @@ class Trainer:
             self._check_failure_limit()
             metrics = classification_metrics(val.labels, val.probs, self.classes)
             score = monitor_value(metrics, val.loss, self.training.monitor)
+            ramping = self.warmup.rates()
             scheduler.step(score)
+            self.warmup.follow_scheduler(ramping)
             improved = self._improves(score, val.loss)
             if improved:
                 state.best, state.best_loss, state.best_epoch, stale = score, val.loss, state.epoch, 0
@@ -162,6 +180,7 @@ class Trainer:
                 train_loss=train_loss, val_loss=val.loss, val_auc=metrics["auc"], val_accuracy=metrics["accuracy"],
                 val_balanced_accuracy=metrics["balanced_accuracy"], **self._learning_rates(optimizer),
                 seconds=time.perf_counter() - started, failed_images=len(state.failed), best=improved,
+                start_weights=state.phase_start,
             )
             self._save_checkpoint(model, optimizer, scheduler)
             self.accelerator.print(self.history.format(record))  # plain print: no markup to misread
@@ -267,6 +286,8 @@ class Trainer:
             self.accelerator.backward(loss)
             if self.training.grad_clip > 0 and self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
+            if self.accelerator.sync_gradients:
+                self.warmup.before_step()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return loss
@@ -312,10 +333,14 @@ class Trainer:
         return predict(self.accelerator, model, loader, len(self.classes), tta)
 
     def _learning_rates(self, optimizer) -> dict:
-        """lr_head and lr_<backbone> for every backbone (0 while frozen): the same columns in every phase."""
+        """lr_head and lr_<backbone> for every backbone (0 while frozen): the same columns in every phase.
+
+        A backbone's is its top group's rate; layer-wise decay scales the groups below it.
+        """
         rates = {f"lr_{name}": 0.0 for name in ["head", *self.model.backbones]}
         for group in optimizer.param_groups:
-            rates[f"lr_{group['name']}"] = group["lr"]
+            key = f"lr_{group['name']}"
+            rates[key] = max(rates[key], group["lr"])
         return rates
 
     def _improves(self, score: float, loss: float) -> bool:
