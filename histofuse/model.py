@@ -49,7 +49,8 @@ class HybridModel(nn.Module):
     only. Frozen means frozen: in training mode every normalization layer with running
     statistics whose own parameters are frozen stays in eval mode, so its statistics
     stay what pretraining measured, whatever else in its backbone trains. With
-    ``batchnorm = "frozen"`` (set per phase) the unfrozen ones keep theirs too.
+    ``batchnorm = "frozen"`` (set per phase; "auto" means so for a pretrained
+    backbone) the unfrozen ones keep theirs too.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class HybridModel(nn.Module):
         head: nn.Module,
         inputs: str = "pooled",
         magnification: nn.Module | None = None,
+        pretrained: set[str] | None = None,
     ):
         super().__init__()
         self.inputs = inputs  # what the fusion consumes: pooled vectors or token sequences
@@ -69,7 +71,9 @@ class HybridModel(nn.Module):
         )
         self.fusion = fusion
         self.head = head
-        self.batchnorm: Literal["frozen", "train"] = "frozen"
+        self.batchnorm: Literal["auto", "frozen", "train"] = "auto"
+        # Backbones that start from learned weights: their batch-norm statistics are worth keeping.
+        self.pretrained = set(backbones) if pretrained is None else set(pretrained)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -96,12 +100,13 @@ class HybridModel(nn.Module):
     def train(self, mode: bool = True) -> "HybridModel":
         super().train(mode)
         if mode:
-            for backbone in self.backbones.values():
+            for name, backbone in self.backbones.items():
                 if is_frozen(backbone):
                     backbone.eval()
                     continue
+                keep_all = self.batchnorm == "frozen" or (self.batchnorm == "auto" and name in self.pretrained)
                 for module in backbone.modules():
-                    if has_running_stats(module) and (self.batchnorm == "frozen" or _norm_is_frozen(module)):
+                    if has_running_stats(module) and (keep_all or _norm_is_frozen(module)):
                         module.eval()
         return self
 
@@ -256,7 +261,8 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
     embedding = MagnificationEmbedding(mag.values, mag.dim, mag.unknown_rate) if mag.enabled else None
     width = fusion.out_features + (mag.dim if mag.enabled else 0)
     head = ClassifierHead(width, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
-    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding)
+    pretrained_names = {cfg.name for cfg in recipe.model.backbones if cfg.pretrained is not False}
+    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding, pretrained=pretrained_names)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -121,9 +121,10 @@ class PhaseConfig(_Section):
     augment: Literal["strong", "medium", "light", "none"] = "strong"
     stain_jitter: float = Field(0.0, ge=0, le=1)
     stain_jitter_method: Literal["hestain", "macenko"] = "hestain"
-    batchnorm: Literal["frozen", "train"] = Field(
-        "frozen", description="batch norms of unfrozen layers: 'frozen' keeps normalizing with their running statistics "
-        "while their weights train, 'train' normalizes with batch statistics and updates them; frozen layers' always stay"
+    batchnorm: Literal["auto", "frozen", "train"] = Field(
+        "auto", description="batch norms of unfrozen layers: 'frozen' keeps normalizing with their running statistics "
+        "while their weights train, 'train' normalizes with batch statistics and updates them, 'auto' is 'frozen' for "
+        "pretrained backbones and 'train' for those built from random weights; frozen layers' always stay frozen"
     )
     warmup_epochs: float = Field(
         0.0, ge=0, le=100, description="ramp the learning rate of backbone groups this phase newly unfreezes linearly "

@@ -116,21 +116,27 @@ def test_synthetic_refuses_to_write_into_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-def test_synthetic_classes_differ_in_nuclei_not_in_a_global_colour(tmp_path):
-    """Mean colour overlaps between classes; the nuclear (dark, hematoxylin) area does not."""
+def test_synthetic_classes_differ_in_nuclei_not_in_colour_statistics(tmp_path):
+    """The colour-only baseline's six LAB numbers overlap between classes; the size of nuclei does not."""
+    import cv2
     from histofuse_builtins.data_synthetic import scan_synthetic
 
+    from histofuse.color_baseline import lab_stats
     from histofuse.data.decode import decode_image
 
     table = scan_synthetic(tmp_path, patients_per_class=6, images_per_magnification=2, magnifications=[200])
-    stats = {"benign": [], "malignant": []}
+    colour, nuclear_size = {"benign": [], "malignant": []}, {"benign": [], "malignant": []}
     for path, label in zip(table["path"], table["label"]):
-        rgb = decode_image(path).astype(float)
-        nuclear = (rgb[..., 0] < 150).mean()  # hematoxylin absorbs red
-        stats[label].append((rgb.mean(), nuclear))
-    benign, malignant = np.array(stats["benign"]), np.array(stats["malignant"])
-    assert malignant[:, 1].mean() > 2 * benign[:, 1].mean()
-    assert benign[:, 0].min() < malignant[:, 0].max()  # brightness ranges overlap
+        rgb = decode_image(path)
+        colour[label].append(lab_stats(rgb))
+        lightness = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
+        # Nuclei are the darkest pixels; eroded, so that touching nuclei count apart.
+        dark = cv2.erode((lightness < lightness.mean() - lightness.std()).astype(np.uint8), np.ones((2, 2), np.uint8))
+        areas = cv2.connectedComponentsWithStats(dark)[2][1:, cv2.CC_STAT_AREA]
+        nuclear_size[label].append(np.median(areas[areas >= 4]))
+    assert min(nuclear_size["malignant"]) > 2 * max(nuclear_size["benign"])  # measured: 89 against 35.5 pixels
+    benign, malignant = np.array(colour["benign"]), np.array(colour["malignant"])
+    assert (benign.min(0) < malignant.max(0)).all() and (malignant.min(0) < benign.max(0)).all()
 
 
 def test_synthetic_subtypes_carry_their_own_architecture_and_label(tmp_path):

@@ -100,8 +100,7 @@ def train_steps(model, plan, steps: int = 3) -> None:
 
 def test_frozen_batchnorms_of_a_partly_unfrozen_backbone_keep_their_statistics_bit_for_bit(model, tiny_recipe):
     """The defect behind phases that undid the head phase: a frozen stem normalised with batch statistics."""
-    phase = tiny_recipe.phases[1].model_copy(update={"batchnorm": "train"})  # cnn: last 2 groups train
-    plan = apply_phase(model, phase)
+    plan = apply_phase(model, tiny_recipe.phases[1])  # cnn: last 2 groups train
     params = dict(model.named_parameters())
     before = running_stats(model)
     train_steps(model, plan)
@@ -110,14 +109,21 @@ def test_frozen_batchnorms_of_a_partly_unfrozen_backbone_keep_their_statistics_b
     trained = [k for k in before if params[norm_owner(k) + ".weight"].requires_grad]
     assert frozen and trained
     assert all(torch.equal(before[k], after[k]) for k in frozen)
-    assert any(not torch.equal(before[k], after[k]) for k in trained)  # batchnorm = "train": the unfrozen ones adapt
+    # batchnorm = "auto" on random weights means "train": there are no statistics worth keeping.
+    assert model.pretrained == set() and any(not torch.equal(before[k], after[k]) for k in trained)
     modules = dict(model.named_modules())
     assert not any(modules[norm_owner(k)].training for k in frozen)
     assert model.backbones["cnn"].training and model.head.training
 
 
-def test_batchnorm_frozen_by_default_keeps_every_statistic_while_the_layers_still_learn(model, tiny_recipe):
-    plan = apply_phase(model, tiny_recipe.phases[2])  # everything trains; batchnorm = "frozen" by default
+@pytest.mark.parametrize("how", ["frozen", "auto on pretrained weights"])
+def test_batchnorm_frozen_keeps_every_statistic_while_the_layers_still_learn(model, tiny_recipe, how):
+    if how == "frozen":
+        phase = tiny_recipe.phases[2].model_copy(update={"batchnorm": "frozen"})  # everything trains
+    else:
+        model.pretrained = {"cnn", "vit"}  # what build_model records for backbones with weights
+        phase = tiny_recipe.phases[2]
+    plan = apply_phase(model, phase)
     before = running_stats(model)
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if "bn" in n}
     train_steps(model, plan)

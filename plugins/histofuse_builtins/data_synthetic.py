@@ -2,8 +2,9 @@
 
 Generated deterministically from a seed the first time a recipe scans its root, so
 the quick start and the tests need no download. Benign and malignant differ in
-nuclear morphology (count, size, shape, arrangement); stain colours vary by
-patient, identically for both classes.
+nuclear morphology (size, shape, arrangement) for the same nuclear area; stains
+and each tile's colour statistics vary by patient, magnification and field,
+identically for both classes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from histofuse_builtins.breakhis_layout import MAGNIFICATIONS, Magnifications
 
 _MARKER = ".histofuse-synthetic.json"
 # Bump when the renderer changes, so trees written by an older version are regenerated.
-_GENERATOR_VERSION = 8
+_GENERATOR_VERSION = 9
 _BENIGN_CODES = ("A", "F", "PT", "TA")
 _MALIGNANT_CODES = ("DC", "LC", "MC", "PC")
 

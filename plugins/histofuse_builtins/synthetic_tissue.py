@@ -1,9 +1,12 @@
-"""Rendering H&E-like tiles from optical densities, with class-specific nuclear morphology.
+"""Rendering H&E-like tiles from optical densities; the class lives in nuclear morphology only.
 
-Benign tiles: few, small, round, evenly sized nuclei, partly arranged around
-glandular lumens. Malignant tiles: crowded, enlarged, pleomorphic (irregular,
-elongated, variably sized) and hyperchromatic nuclei. Stain colours are drawn per
-patient from one distribution for both classes, so colour alone carries no label.
+Both classes cover the same share of the field with nuclei of the same darkness, drawn from one
+distribution; what differs is how that hematoxylin is shaped. Benign: many small, round, evenly
+sized nuclei lining regular glands with two cell layers. Malignant: fewer, enlarged, pleomorphic
+nuclei (variable size and chromatin, elongated, irregular contours, nucleoli) crowded into
+disordered nests with no glands. Last, each tile's LAB mean and standard deviation are mapped
+onto a look drawn per patient, magnification and field from one distribution per site, so the
+six numbers of the colour-only baseline carry no label.
 """
 
 from __future__ import annotations
@@ -15,42 +18,64 @@ import numpy as np
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
 EOSIN = np.array([0.07, 0.99, 0.11])
 
-# Mean hematoxylin optical density per field, drawn alike for both classes.
-HEMATOXYLIN_BUDGET = (0.14, 0.26)
+# Share of the field covered by epithelial nuclei, and their optical density: one distribution for both classes.
+NUCLEAR_BUDGET = (0.12, 0.22)
+NUCLEAR_DARKNESS = (0.9, 1.3)
 
-# Apparent nuclear size grows with magnification, and fewer nuclei fit the field.
-_MAG_SCALE = {40: 0.55, 100: 0.75, 200: 1.0, 400: 1.45}
+# Apparent nuclear size grows with magnification, and fewer nuclei fit the field. Far less than the
+# optics' tenfold and zoomed in, so that after the quick start's resize to 128 pixels a small nucleus
+# still spans a few pixels and a malignant one most of a ViT patch: tiny models trained from scratch
+# must be able to see the morphology that carries the class.
+_MAG_SCALE = {40: 1.4, 100: 1.7, 200: 2.0, 400: 2.5}
 
+# How a site's look spread divides between patients, one patient's magnifications (illumination and
+# camera settings change with the objective) and single fields: standard deviations whose squares sum
+# to 1. Much variation within a patient keeps a test split of a few patients from agreeing by chance
+# on a colour that separates its classes.
+_LOOK_SHARES = (0.6, 0.6, 0.53)
 
 # A second "site": another lab's protocol and scanner. Bluer, stronger hematoxylin,
 # paler and redder eosin, a warm background tint: the BreaKHis -> BACH situation.
+# "look": mean L, a, b and their standard deviations (OpenCV 8-bit LAB) around which
+# the site's tiles are drawn, near what its stains give unmapped (site b with less spread
+# of L: its bright tiles would otherwise need whites beyond 255), and "look_spread" how
+# much they vary from tile to tile.
 SITES = {
-    "a": {"h": HEMATOXYLIN, "e": EOSIN, "h_strength": (0.8, 1.2), "e_strength": (0.7, 1.3), "background": (0.03, 0.03, 0.03)},
+    "a": {
+        "h": HEMATOXYLIN, "e": EOSIN, "h_strength": (0.8, 1.2), "e_strength": (0.7, 1.3), "background": (0.03, 0.03, 0.03),
+        "look": (178, 164, 101, 36, 14, 11.5), "look_spread": (6, 4, 3, 2.5, 1.5, 1.2),
+    },
     "b": {
         "h": np.array([0.80, 0.55, 0.25]),
         "e": np.array([0.02, 0.80, 0.60]),
         "h_strength": (1.2, 1.5),
         "e_strength": (0.45, 0.75),
         "background": (0.02, 0.03, 0.05),
+        "look": (196, 142, 124, 32, 7, 13), "look_spread": (5, 2.5, 2, 2.5, 0.8, 1.0),
     },
 }
 
 
 def patient_stain(rng: np.random.Generator, site: str = "a") -> dict:
-    """Per-patient staining: the site's vectors jittered, intensities varied."""
+    """Per-patient staining and look: the site's vectors jittered, intensities and colour statistics varied."""
     spec = SITES[site]
 
     def jitter(v: np.ndarray) -> np.ndarray:
         v = np.clip(v / np.linalg.norm(v) + rng.normal(0, 0.05, 3), 0.02, None)
         return v / np.linalg.norm(v)
 
+    spread = np.asarray(spec["look_spread"], float)
+    patient, magnification, field = _LOOK_SHARES
+    look = np.asarray(spec["look"], float) + rng.normal(0, patient * spread)
     return {
         "h": jitter(spec["h"]),
         "e": jitter(spec["e"]),
         "h_strength": rng.uniform(*spec["h_strength"]),
         "e_strength": rng.uniform(*spec["e_strength"]),
         "background": np.array(spec["background"]),
-        "grade": rng.uniform(0.7, 1.0),  # used for malignant patients only
+        "grade": rng.uniform(0.0, 1.0),  # used for malignant patients only
+        "look": {mag: look + rng.normal(0, magnification * spread) for mag in _MAG_SCALE},
+        "look_jitter": field * spread,
     }
 
 
@@ -63,7 +88,10 @@ def render_tile(
     rng: np.random.Generator, malignant: bool, stain: dict, width: int, height: int, magnification: int,
     pattern: str | None = None,
 ) -> np.ndarray:
-    """One RGB uint8 tile of shape (height, width, 3); ``pattern`` (a subtype code) adds its architecture."""
+    """One RGB uint8 tile of shape (height, width, 3); ``pattern`` (a subtype code) adds its architecture.
+
+    A ``stain`` without a "look" gives the pure Beer-Lambert rendering of its stain vectors.
+    """
     scale = _MAG_SCALE[magnification] * width / 210.0
     # Tissue vs background: a few pale holes (fat, lumens) in eosin-stained stroma.
     tissue = (_smooth_noise(rng, height, width, 18 * scale + 4) > rng.uniform(0.15, 0.3)).astype(np.float32)
@@ -71,21 +99,14 @@ def render_tile(
     fibres = _smooth_noise(rng, height, width, 3.0)
     eosin = tissue * (0.35 + 0.25 * fibres) * stain["e_strength"]
     hema = np.zeros((height, width), np.float32)
-
     area = width * height / (scale * scale * 210 * 138)
-    # Atypia in [0, 1]: benign tissue stays near 0, carcinomas vary by patient grade and by field,
-    # so some malignant fields look nearly benign, as in real slides.
-    atypia = stain["grade"] * rng.uniform(0.6, 1.0) if malignant else rng.uniform(0.0, 0.2)
-    count = int(_lerp(rng.uniform(30, 55), rng.uniform(90, 130), atypia) * area)
-    if rng.random() < 0.5 + 0.5 * atypia:
-        centres = _clustered_points(rng, count, width, height, clusters=rng.integers(2, 5))
+
+    budget = rng.uniform(*NUCLEAR_BUDGET) * width * height
+    darkness = rng.uniform(*NUCLEAR_DARKNESS)
+    if malignant:
+        _malignant_epithelium(hema, rng, budget, darkness, scale, stain["grade"])
     else:
-        centres = _gland_points(rng, count, width, height, scale)
-    for x, y in centres:
-        r = _lerp(rng.uniform(2.0, 2.9), rng.uniform(3.0, 6.0), atypia) * scale
-        axes = (r, r * _lerp(rng.uniform(0.85, 1.0), rng.uniform(0.45, 1.0), atypia))
-        darkness = _lerp(rng.uniform(0.75, 1.05), rng.uniform(1.0, 1.6), atypia)
-        _draw_nucleus(hema, rng, x, y, axes, rng.uniform(0, 180), darkness, jag=0.05 + 0.3 * atypia)
+        _benign_epithelium(hema, eosin, rng, budget, darkness, scale)
     # Stromal spindle nuclei, present in both classes.
     for _ in range(int(rng.uniform(10, 30) * area)):
         x, y = rng.uniform(0, width), rng.uniform(0, height)
@@ -94,17 +115,100 @@ def render_tile(
     if pattern is not None:
         eosin = _draw_pattern(hema, eosin, rng, pattern, width, height, scale, area)
     hema = cv2.GaussianBlur(hema, (0, 0), 0.7) * stain["h_strength"]
-    chromatin = 0.8 + 0.4 * rng.random((height, width)).astype(np.float32)
-    hema *= chromatin
-    # Crowded nuclei make a field bluer overall. A basophilic tint in the stroma tops every
-    # field up to a common hematoxylin budget, so that mean colour does not give the class away.
-    deficit = rng.uniform(*HEMATOXYLIN_BUDGET) - hema.mean()
-    if deficit > 0:
-        hema += tissue * (deficit / max(float(tissue.mean()), 1e-3))
+    hema *= 0.8 + 0.4 * rng.random((height, width)).astype(np.float32)  # granular chromatin
 
     od = hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + stain["background"]
     rgb = 255.0 * np.exp(-od) + rng.normal(0, 2.0, od.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    if "look" not in stain:
+        return rgb
+    target = stain["look"][magnification] + rng.normal(0, stain["look_jitter"])
+    return _match_look(rgb, target)
+
+
+def _match_look(rgb: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Map the tile's LAB mean and std (OpenCV 8-bit scale) onto ``target``, whatever its nuclei made of them."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB) * _LAB8_SCALE + _LAB8_OFFSET
+    mean, std = _mean_std(lab)
+    shape = (lab - mean) / (std + np.float32(1e-6))
+    target = np.concatenate([target[:3], np.maximum(target[3:], 1.0)])
+    aim = target.copy()
+    # Gamut clipping and rounding to 8 bits move the statistics a little; aiming off by what they moved fixes that.
+    for _ in range(3):
+        lab = shape * aim[3:].astype(np.float32) + aim[:3].astype(np.float32)
+        out = cv2.cvtColor((lab - _LAB8_OFFSET) / _LAB8_SCALE, cv2.COLOR_LAB2RGB)
+        out = np.clip(out * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
+        aim += target - np.concatenate(_mean_std(cv2.cvtColor(out, cv2.COLOR_RGB2LAB)))
+    return out
+
+
+# OpenCV's float LAB (L 0-100, a and b around 0) to its 8-bit scale, which the colour baseline measures.
+_LAB8_SCALE = np.array([255 / 100, 1, 1], np.float32)
+_LAB8_OFFSET = np.array([0, 128, 128], np.float32)
+
+
+def _mean_std(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = cv2.meanStdDev(image)
+    return mean.ravel().astype(np.float32), std.ravel().astype(np.float32)
+
+
+def _benign_epithelium(hema, eosin, rng, budget: float, darkness: float, scale: float) -> None:
+    """Small, round, evenly sized nuclei lining glands (luminal cells inside, flat myoepithelial cells outside)."""
+    height, width = hema.shape
+    r = rng.uniform(1.7, 2.1) * scale
+    spent = 0.0
+    for cx, cy in _gland_centres(rng, width, height, 9.5 * r):
+        if spent >= budget:
+            break
+        lumen = rng.uniform(1.2, 2.6) * r
+        cv2.circle(eosin, (int(cx), int(cy)), int(round(lumen)), 0.05, -1)  # a pale lumen
+        turn = rng.uniform(0, 2 * np.pi)
+        layers = ((lumen + r, (r, r), 2.3 * r), (lumen + 3.2 * r, (1.4 * r, 0.6 * r), 3.2 * r))
+        for k, (radius, axes, step) in enumerate(layers):
+            count = max(4, int(2 * np.pi * radius / step))
+            for angle in np.linspace(0, 2 * np.pi, count, endpoint=False) + turn + k * np.pi / count:
+                x, y = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
+                tangent = np.degrees(angle) + 90
+                _draw_nucleus(hema, rng, x, y, axes, tangent, darkness * rng.uniform(0.95, 1.05), 0.04)
+                spent += np.pi * axes[0] * axes[1]
+
+
+def _gland_centres(rng, width, height, spacing):
+    """A jittered grid of gland centres in random order, then random places if the budget needs more glands."""
+    xs, ys = np.arange(spacing / 2, width, spacing), np.arange(spacing / 2, height, spacing)
+    grid = np.array([(x, y) for x in xs for y in ys]).reshape(-1, 2)
+    grid = grid[rng.permutation(len(grid))] + rng.uniform(-0.15, 0.15, grid.shape) * spacing
+    yield from grid
+    while True:
+        yield rng.uniform(0, width), rng.uniform(0, height)
+
+
+def _malignant_epithelium(hema, rng, budget: float, darkness: float, scale: float, grade: float) -> None:
+    """Enlarged, pleomorphic nuclei crowded into disordered nests, with nucleoli where large enough to show."""
+    height, width = hema.shape
+    mean_r = _lerp(4.5, 6.0, grade) * scale
+    # Nests of about twice the nuclear area, so nuclei crowd; small ones, so that any crop shows some.
+    noise = _smooth_noise(rng, height, width, 12 * scale + 4)
+    nests = noise >= np.quantile(noise, 1 - min(0.9, 2 * budget / (width * height)))
+    places = np.argwhere(nests)[:, ::-1]
+    drawn = np.empty((0, 3))  # x, y, radius
+    spent, misses = 0.0, 0
+    while spent < budget:
+        r = mean_r * rng.lognormal(0, 0.3)
+        # Once the nests are full, the rest of the budget spills into the stroma.
+        x, y = places[rng.integers(len(places))] + rng.uniform(0, 1, 2) if misses < 50 else rng.uniform(0, [width, height])
+        # Nuclei may touch but not pile up, so they cover the budget as the benign ones do.
+        if len(drawn) and (np.hypot(drawn[:, 0] - x, drawn[:, 1] - y) < 0.8 * (drawn[:, 2] + r)).any():
+            misses += 1
+            continue
+        axes = (r, r * rng.uniform(0.55, 1.0))
+        _draw_nucleus(hema, rng, x, y, axes, rng.uniform(0, 180), darkness * rng.uniform(0.7, 1.3), rng.uniform(0.1, 0.3))
+        if r >= 3:
+            nucleolus = (int(x + rng.normal(0, r / 5)), int(y + rng.normal(0, r / 5)))
+            cv2.circle(hema, nucleolus, max(1, int(r / 4)), darkness * 1.6, -1)
+        drawn = np.vstack([drawn, (x, y, r)])
+        spent += np.pi * axes[0] * axes[1]
+        misses = 0
 
 
 def _draw_pattern(hema, eosin, rng, pattern: str, width, height, scale, area):
@@ -182,27 +286,3 @@ def _draw_nucleus(canvas, rng, x, y, axes, angle, darkness, jag) -> None:
     py = y + wobble * (a * np.cos(t) * np.sin(theta) + b * np.sin(t) * np.cos(theta))
     points = np.round(np.stack([px, py], 1) * 4).astype(np.int32)  # 2 fractional bits
     cv2.fillPoly(canvas, [points], float(darkness), lineType=cv2.LINE_AA, shift=2)
-
-
-def _clustered_points(rng, count, width, height, clusters) -> np.ndarray:
-    centres = rng.uniform([0, 0], [width, height], (clusters, 2))
-    spread = rng.uniform(0.15, 0.35) * min(width, height)
-    which = rng.integers(0, clusters, count)
-    pts = centres[which] + rng.normal(0, spread, (count, 2))
-    scattered = rng.random(count) < 0.3
-    pts[scattered] = rng.uniform([0, 0], [width, height], (scattered.sum(), 2))
-    return pts
-
-
-def _gland_points(rng, count, width, height, scale) -> np.ndarray:
-    pts = []
-    while len(pts) < count:
-        if rng.random() < 0.6:
-            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-            radius = rng.uniform(8, 14) * scale
-            k = int(rng.integers(7, 12))
-            for angle in np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1):
-                pts.append((cx + radius * np.cos(angle), cy + radius * np.sin(angle)))
-        else:
-            pts.append((rng.uniform(0, width), rng.uniform(0, height)))
-    return np.array(pts[:count])
