@@ -238,3 +238,16 @@ def test_a_plugin_named_in_histofuse_plugins_is_loaded_and_a_broken_one_reported
     assert pm.get_plugin("my_dev_plugin") is not None
     [failure] = [f for f in pm.failures if f.name == "not_a_module_anywhere"]
     assert "ModuleNotFoundError" in failure.error and failure.distribution == "HISTOFUSE_PLUGINS"
+
+
+def test_history_of_a_run_resumed_by_a_newer_version_keeps_its_columns_aligned(tmp_path):
+    import pandas as pd
+
+    from histofuse.training.history import History
+
+    path = tmp_path / "history.csv"
+    History(path, True).add(epoch=1, train_loss=0.5)  # written by a version without start_weights
+    History(path, True).add(epoch=2, train_loss=0.4, start_weights="best of epoch 1")
+    rows = pd.read_csv(path)
+    assert rows.columns.tolist() == ["epoch", "train_loss", "start_weights"]
+    assert rows["train_loss"].tolist() == [0.5, 0.4] and rows["start_weights"].fillna("").tolist() == ["", "best of epoch 1"]

@@ -33,12 +33,29 @@ class History:
         self.records.append(record)
         if self.write:
             new = not self.path.exists()
+            if not new and self._columns() != list(record):
+                self._widen(list(record))
             with self.path.open("a", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(record))
                 if new:
                     writer.writeheader()
                 writer.writerow(record)
         return record
+
+    def _columns(self) -> list[str]:
+        with self.path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _widen(self, columns: list[str]) -> None:
+        """A run resumed by a newer version records columns the file lacks: its older rows get them empty."""
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
     @staticmethod
     def format(r: dict) -> str:
