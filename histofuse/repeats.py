@@ -30,8 +30,8 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
         recipe_seed = json.loads((run_dir / "model.json").read_text())["recipe"]["seed"]
         for name, m in json.loads((run_dir / "metrics.json").read_text()).items():
             if "error" not in m:
-                colour = {"colour_only_auc": (m.get("color_baseline") or {}).get("auc")}
-                rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: {**m, **colour}.get(k) for k in HEADLINE}})
+                m = {**m, "colour_only_auc": (m.get("color_baseline") or {}).get("auc")}
+                rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: m.get(k) for k in HEADLINE}})
     table = pd.DataFrame(rows)
     summary = {}
     for name, part in table.groupby("set", sort=False):

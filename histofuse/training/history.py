@@ -20,12 +20,7 @@ class History:
         with self.path.open(newline="") as f:
             rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= last_epoch]
         if self.write and rows:
-            tmp = self.path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.path)
+            self._rewrite(rows, list(rows[0]))
         elif self.write:
             self.path.unlink()
 
@@ -50,6 +45,10 @@ class History:
         """A run resumed by a newer version records columns the file lacks: its older rows get them empty."""
         with self.path.open(newline="") as f:
             rows = list(csv.DictReader(f))
+        self._rewrite(rows, columns)
+
+    def _rewrite(self, rows: list[dict], columns: list[str]) -> None:
+        """Replace the file whole, so a crash leaves the old one or the new one, never half of either."""
         tmp = self.path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
