@@ -44,7 +44,7 @@ def bare_epochs(folder: Path, epochs: int) -> np.ndarray:
     from accelerate import Accelerator
 
     from histofuse.data.loading import ImageTable, make_loader
-    from histofuse.data.split import split_by_group
+    from histofuse.data.split import split_table
     from histofuse.evaluation import make_eval_transform
     from histofuse.model import apply_phase, build_model
     from histofuse.recipe import load_recipe
@@ -54,7 +54,7 @@ def bare_epochs(folder: Path, epochs: int) -> np.ndarray:
     recipe = load_recipe(REPO / "recipes" / "quickstart.toml", settings(folder / "data")[1::2])
     registry = default_registry()
     table, classes = load_table(recipe, registry)
-    table = split_by_group(table, recipe.data.split.val, recipe.data.split.test, recipe.seed)
+    table = split_table(table, recipe.data.split, recipe.seed)
     train, val = (table[table["split"] == s].reset_index(drop=True) for s in ("train", "val"))
     data = recipe.data
     hooks = registry.pm.hook

@@ -45,7 +45,7 @@ def colour_aucs(recipe) -> tuple[float, float, float]:
     """Seconds to generate (about 0 when reused), colour-only AUC on the test split and on site b."""
     from histofuse.color_baseline import lab_stats
     from histofuse.data.decode import decode_image
-    from histofuse.data.split import split_by_group
+    from histofuse.data.split import split_table
     from histofuse.evaluation import fit_on_training_split, load_external
     from histofuse.metrics import classification_metrics
     from histofuse.registry import default_registry
@@ -58,7 +58,7 @@ def colour_aucs(recipe) -> tuple[float, float, float]:
     site_b = load_external(external, registry, classes)
     generated = time.perf_counter() - start
     split = recipe.data.split
-    table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
+    table = split_table(table, split, recipe.seed)
     _, baseline = fit_on_training_split(recipe, registry, table[table["split"] == "train"], classes, False, Console(quiet=True))
 
     def auc(frame) -> float:

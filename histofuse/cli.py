@@ -56,6 +56,9 @@ def plugin_new(
 TTA_MODES = get_args(TTA)  # the recipe's list is the one source; predict and evaluate accept each mode
 
 SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. --set phases[0].epochs=2 (repeatable).")
+FoldOption = typer.Option(
+    None, "--fold", min=1, max=20, help="On a cross-validation folder: use this fold's model instead of the fold ensemble."
+)
 
 
 def _registry():
@@ -91,27 +94,51 @@ def run(
     ),
     repeat: int = typer.Option(1, "--repeat", min=1, max=100, help="Run N times with seeds seed, seed+1, ...; report mean ± std."),
     repeat_splits: bool = typer.Option(False, "--repeat-splits", help="With --repeat: a different patient split each time too."),
+    folds: Optional[int] = typer.Option(
+        None, "--folds", min=2, max=20, help="K-fold cross-validation by patient (same as --set data.split.folds=K)."
+    ),
 ) -> None:
-    """Train a recipe's phases, then evaluate the best weights on the test split."""
+    """Train a recipe's phases, then evaluate the best weights on the test split (or on every fold with --folds)."""
+    from histofuse.crossval import run_cross_validation
     from histofuse.run import run_recipe
 
     if resume is not None:
-        if repeat > 1:
-            raise typer.BadParameter("--resume continues one run; it cannot be combined with --repeat", param_hint="--repeat")
+        if repeat > 1 or folds is not None:
+            raise typer.BadParameter(
+                "--resume continues one run or cross-validation as it was started; it takes no --repeat or --folds",
+                param_hint="--resume",
+            )
         recipe = _resumable_recipe(resume, recipe, set_)
     elif recipe is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
-    parsed, registry, _ = _load(recipe, set_)
+    overrides = list(set_ or []) + ([f"data.split.folds={folds}"] if folds is not None else [])
+    parsed, registry, _ = _load(recipe, overrides)
+    if folds is not None and parsed.data.split.fold is not None:
+        raise typer.BadParameter(
+            f"the recipe trains only fold {parsed.data.split.fold} (data.split.fold); remove it to cross-validate",
+            param_hint="--folds",
+        )
+    cross_validation = parsed.data.split.folds is not None and parsed.data.split.fold is None
+    if cross_validation and repeat > 1 and parsed.data.split.seed is not None:
+        console.print(f"note: data.split.seed = {parsed.data.split.seed} is not used: each repetition of the "
+                      "cross-validation draws its own folds (seed, seed + 1, ...)", markup=False)
     if repeat > 1:
-        _run_repeated(parsed, registry, output_dir, repeat, repeat_splits)
+        _run_repeated(parsed, registry, output_dir, repeat, repeat_splits or cross_validation)
         return
-    run_dir = run_recipe(parsed, registry, output_dir, console, resume=resume)
+    if cross_validation:
+        if resume is not None:
+            from histofuse.crossval.runner import check_resumable
+
+            check_resumable(resume)
+        run_dir = run_cross_validation(parsed, registry, output_dir, console, resume=resume)
+    else:
+        run_dir = run_recipe(parsed, registry, output_dir, console, resume=resume)
     if console.quiet:
         return
     import json
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    console.print(_metrics_table(metrics))
+    console.print(_metrics_table(metrics, cross_validation))
     for name, entry in metrics.items():
         if "error" in entry:
             err_console.print(Text.assemble((f"evaluation set '{name}' failed: ", "bold red"), entry["error"]))
@@ -122,10 +149,15 @@ def _run_repeated(recipe, registry, output_dir: Path, count: int, vary_split: bo
     from histofuse.repeats import repeated_recipes, summarize, summary_table, write_summary
     from histofuse.run import run_recipe
 
+    from histofuse.crossval import run_cross_validation
+
     run_dirs = []
+    folds = recipe.data.split.folds if recipe.data.split.fold is None else None
     for i, each in enumerate(repeated_recipes(recipe, count, vary_split)):
-        console.rule(f"run {i + 1}/{count}: seed {each.seed}" + (", its own patient split" if vary_split else ""))
-        run_dirs.append(run_recipe(each, registry, output_dir, console))
+        own = f", its own {folds} folds" if folds else ", its own patient split" if vary_split else ""
+        console.rule(f"run {i + 1}/{count}: seed {each.seed}{own}")
+        run = run_cross_validation if folds else run_recipe
+        run_dirs.append(run(each, registry, output_dir, console, last=i == count - 1))
     if console.quiet:
         return
     table, summary = summarize(run_dirs)
@@ -156,18 +188,21 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", help="Write every prediction (and unreadable file) to this CSV."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, max=64, help="Decoding workers (default: cores - 1)."),
+    fold: Optional[int] = FoldOption,
 ) -> None:
-    """Predict images with a finished run: its weights, classes, normalizer and validation-locked threshold."""
+    """Predict images with a finished run: its weights, classes, normalizer and validation-locked threshold.
+    On a cross-validation folder: the mean of its fold models, at the threshold locked on their validation splits."""
     from histofuse.data.loading import default_num_workers
-    from histofuse.inference import LoadedRun
+    from histofuse.inference import open_run
     from histofuse.predict_cli import predict_paths, predictions_table
 
-    run = LoadedRun(run_dir)
+    run = open_run(run_dir, fold)
     if tta in TTA_MODES and not run.calibrated(tta):
+        where = f"each {run_dir}/fold-K" if hasattr(run, "members") else str(run_dir)
         err_console.print(
             f"warning: the run locked no threshold or temperature for TTA {tta}: probabilities use temperature 1 and "
             f"the decision is the most probable class. To lock them on its validation split, run histofuse evaluate "
-            f"{run_dir} --tta {tta} on any set.", markup=False,
+            f"{where} --tta {tta} on any set.", markup=False,
         )
     workers = default_num_workers() if num_workers is None else num_workers
     result = predict_paths(run, inputs, tta=tta, normalize=normalize, batch_size=batch_size, num_workers=workers, console=console)
@@ -183,7 +218,8 @@ def predict(
         for reason, count in result.loc[result["unnormalized"] != "", "unnormalized"].value_counts().items():
             err_console.print(f"left unnormalized: {count} image(s): {reason}", markup=False)
     threshold = run.calibration(tta)["threshold"]
-    console.print(summary + (f"; threshold {threshold:.3f} (from the run's validation split, TTA {tta})" if threshold is not None else ""))
+    source = "the folds' validation splits pooled" if hasattr(run, "members") else "the run's validation split"
+    console.print(summary + (f"; threshold {threshold:.3f} (from {source}, TTA {tta})" if threshold is not None else ""))
 
 
 @app.command()
@@ -195,8 +231,14 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     if not (run_dir / "metrics.json").is_file():
         raise typer.BadParameter(f"'{run_dir}' has no metrics.json: not a finished run directory", param_hint="RUN_DIR")
     page = write_report(run_dir)
-    manifest = run_dir / MANIFEST
-    if manifest.is_file():
+    manifest, cross_validation = run_dir / MANIFEST, run_dir / "cv_metrics.json"
+    if cross_validation.is_file():
+        import json
+
+        from histofuse.crossval.card import write_model_card
+
+        write_model_card(run_dir, json.loads(cross_validation.read_text()))
+    elif manifest.is_file():
         import json
 
         (run_dir / MODEL_CARD).write_text(model_card(json.loads(manifest.read_text())))
@@ -209,16 +251,18 @@ def explain_images(
     images: List[Path] = typer.Argument(..., help="Image files."),
     normalize: bool = typer.Option(False, "--normalize", help="Apply the run's fitted stain normalizer first."),
     out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the heatmap overlays (PNG)."),
+    fold: Optional[int] = FoldOption,
 ) -> None:
-    """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches)."""
+    """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches).
+    On a cross-validation folder: the fold ensemble's probabilities, each heatmap averaged over the folds."""
     import cv2
 
     from histofuse.data.decode import decode_image, decoded_images
     from histofuse.errors import ImageDecodeError
     from histofuse.explain import explain
-    from histofuse.inference import LoadedRun
+    from histofuse.inference import open_run
 
-    run = LoadedRun(run_dir)
+    run = open_run(run_dir, fold)
     if normalize:
         run.adapt(rgb for _, rgb in decoded_images(images))  # the given images are the set, as in predict
     out.mkdir(parents=True, exist_ok=True)
@@ -260,12 +304,13 @@ def serve_run(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to your network)."),
     port: int = typer.Option(7860, "--port", min=1, max=65535),
     max_upload_mb: int = typer.Option(50, "--max-upload-mb", min=1, max=2000, help="Largest upload accepted."),
+    fold: Optional[int] = FoldOption,
 ) -> None:
     """Start the web app (Gradio, offline): upload an image, choose normalization and TTA, see probabilities and heatmaps."""
-    from histofuse.inference import LoadedRun
+    from histofuse.inference import open_run
     from histofuse.serve import serve
 
-    serve(LoadedRun(run_dir), host, port, max_upload_mb)
+    serve(open_run(run_dir, fold), host, port, max_upload_mb)
 
 
 @app.command("export")
@@ -275,14 +320,15 @@ def export_run(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Output file, or folder for space (default: RUN_DIR/export/model.onnx, model.pt or space/)."
     ),
+    fold: Optional[int] = FoldOption,
 ) -> None:
     """Export the model for deployment; its outputs are checked against PyTorch on the run's test images (1e-4)."""
     from histofuse.export import export, export_space
-    from histofuse.inference import LoadedRun
+    from histofuse.inference import open_run
 
     if fmt not in ("onnx", "torchscript", "space"):
         raise typer.BadParameter(f"expected onnx, torchscript or space, got '{fmt}'", param_hint="--format")
-    run = LoadedRun(run_dir)
+    run = open_run(run_dir, fold)
     if fmt == "space":
         folder = out or run_dir / "export" / "space"
         result = export_space(run, folder)
@@ -352,14 +398,20 @@ def _images_to_check(target: str, root: Optional[Path], overrides, options):
         table = scan_dataset(_registry(), target, root, options or [])
         defaults = DataConfig.model_fields
         return table.assign(split="dataset")[["path", "split"]], MAX_PIXELS, defaults["max_failed_fraction"].default
-    from histofuse.data.split import split_by_group
+    from histofuse.data.split import split_table
     from histofuse.evaluation import load_external
     from histofuse.run import load_table
 
     recipe, registry, _ = _load(Path(target), overrides)
     table, classes = load_table(recipe, registry)
     split = recipe.data.split
-    table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
+    if split.folds is not None and split.fold is None:  # a cross-validation: each image's fold is its split
+        from histofuse.data.split import assign_folds
+
+        table = assign_folds(table, split.folds, recipe.seed if split.seed is None else split.seed)
+        table["split"] = "fold-" + table["fold"].astype(str)
+    else:
+        table = split_table(table, split, recipe.seed)
     frames = [table[["path", "split"]]]
     for external in recipe.evaluate:
         frames.append(load_external(external, registry, classes).assign(split=f"evaluate:{external.name}")[["path", "split"]])
@@ -409,14 +461,19 @@ def plugins() -> None:
         out.print(broken)
 
 
-def _metrics_table(metrics: dict) -> Table:
+def _metrics_table(metrics: dict, cross_validation: bool = False) -> Table:
     """One column per evaluated set: the test split and each external set."""
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
 
     sets = {k: v for k, v in metrics.items() if isinstance(v, dict) and "auc" in v}
-    table = Table(title="evaluation (threshold and temperature from the validation split)")
+    title = (
+        "cross-validation: test = every fold's held-out patients pooled (each at its fold's threshold); "
+        "external sets = the fold ensemble (threshold from the folds' validation predictions)"
+        if cross_validation else "evaluation (threshold and temperature from the validation split)"
+    )
+    table = Table(title=title)
     table.add_column("metric")
     for name in sets:
         table.add_column(name, justify="right")
@@ -454,13 +511,28 @@ def evaluate(
     normalize: bool = typer.Option(False, "--normalize", help="Stain-normalize with the statistics fitted on the run's training split."),
     tta: str = typer.Option("none", "--tta", help=f"Test-time augmentation: {', '.join(TTA_MODES)}."),
 ) -> None:
-    """Evaluate a finished run on another dataset, with the run's threshold, normalizer and baseline."""
+    """Evaluate a finished run on another dataset, with the run's threshold, normalizer and baseline.
+    On a cross-validation folder: every fold, then the fold ensemble (added to its cv_metrics.json)."""
+    from histofuse.crossval import is_crossval_dir
     from histofuse.evaluate_run import evaluate_run
 
-    metrics = evaluate_run(
-        run_dir, dataset=dataset, root=root, name=name or dataset, options=option or [], label_map=label_map or [],
-        qc=qc, normalize=normalize, tta=tta, console=console,
-    )
+    settings = dict(dataset=dataset, root=root, name=name or dataset, options=option or [], label_map=label_map or [],
+                    qc=qc, normalize=normalize, tta=tta, console=console)
+    if is_crossval_dir(run_dir):
+        import json
+
+        from histofuse.crossval.pooling import pool_folds
+        from histofuse.crossval.runner import finished_folds
+        from histofuse.recipe import load_recipe
+
+        for fold in finished_folds(run_dir):
+            console.rule(fold.name)
+            evaluate_run(fold, **settings)
+        pool_folds(run_dir, load_recipe(run_dir / "recipe.toml"), console)
+        metrics = json.loads((run_dir / "metrics.json").read_text())[settings["name"]]
+        console.print(_metrics_table({metrics["name"]: metrics}, cross_validation=True))
+        return
+    metrics = evaluate_run(run_dir, **settings)
     console.print(_metrics_table({metrics["name"]: metrics}))
 
 

@@ -50,8 +50,13 @@ class EvaluationState:
         return cls(**json.loads((run_dir / STATE_FILE).read_text()))
 
 
-def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, console):
-    """One streaming pass over training images: stain normalizer statistics and colour baseline features."""
+def fit_on_training_split(
+    recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, console, colour_cache: dict | None = None
+):
+    """One streaming pass over training images: stain normalizer statistics and colour baseline features.
+
+    ``colour_cache`` ({path: LAB statistics}) is shared by runs over the same images (the folds of a
+    cross-validation): an image measured once is not decoded again for the baseline alone."""
     cfg = recipe.evaluation
     normalizer = None
     if normalize:
@@ -64,12 +69,11 @@ def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes
     if cfg.normalizer.sample and cfg.normalizer.sample < len(paths):
         chosen = np.random.default_rng(recipe.seed).choice(len(paths), cfg.normalizer.sample, replace=False)
         paths, labels = [paths[i] for i in sorted(chosen)], [labels[i] for i in sorted(chosen)]
-    stats, kept = [], []
+    cache = {} if colour_cache is None else colour_cache
 
-    def images():
-        for position, rgb in decoded_images(paths):  # unreadable ones were reported during training
-            stats.append(lab_stats(rgb))
-            kept.append(labels[position])
+    def images(todo: list[str]):
+        for position, rgb in decoded_images(todo):  # unreadable ones were reported during training
+            cache[todo[position]] = lab_stats(rgb)
             yield rgb
 
     console.print(f"fitting on {len(paths)} training images: " + ", ".join(
@@ -77,10 +81,12 @@ def fit_on_training_split(recipe: Recipe, registry, train: pd.DataFrame, classes
                         ("colour baseline", cfg.color_baseline)) if on
     ))
     if normalizer is not None and not getattr(normalizer, "fitted", False):
-        normalizer.fit(images())
+        normalizer.fit(images(paths))
     else:
-        for _ in images():
+        for _ in images([p for p in paths if p not in cache]):
             pass
+    measured = [(cache[p], label) for p, label in zip(paths, labels) if p in cache]
+    stats, kept = [s for s, _ in measured], [label for _, label in measured]
     baseline = None
     if cfg.color_baseline and len(set(kept)) > 1:
         baseline = ColorBaseline().fit(np.stack(stats), np.asarray(kept))
@@ -184,6 +190,8 @@ def evaluate_frame(
         baseline = ColorBaseline.from_json(color_baseline)
         color_probs = baseline.predict_proba(result.color, len(classes))
         metrics["color_baseline"] = {k: v for k, v in classification_metrics(labels, color_probs, classes).items() if k in ("auc", "accuracy", "balanced_accuracy")}
+    else:
+        color_probs = None
     if write and run_dir is not None:
         keep = ["path", "group", "label", "subtype", *[c for c in by if c not in ("path", "group", "label", "subtype")]]
         out = rows[[c for c in keep if c in rows]].copy()
@@ -191,8 +199,25 @@ def evaluate_frame(
             out[f"prob_{cls}"] = probs[:, i]
         predicted = probs.argmax(1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
         out["predicted"] = [classes[i] for i in predicted]
+        if color_probs is not None:  # so that folds and repeats can pool the colour-only floor as they pool the model
+            for i, cls in enumerate(classes):
+                out[f"colour_prob_{cls}"] = color_probs[:, i]
         out.to_csv(run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv"), index=False)
     return metrics
+
+
+def validation_predictions_file(tta: str) -> str:
+    return f"predictions_val_{tta}.csv"
+
+
+def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, result, classes: list[str], temperature: float):
+    """The validation probabilities the threshold was fitted on: cross-validation pools them over folds to lock
+    the fold ensemble's threshold without touching any test fold or external set."""
+    out = frame.iloc[result.indices][["path", "group", "label"]].reset_index(drop=True)
+    probs = softmax(result.logits, temperature)
+    for i, cls in enumerate(classes):
+        out[f"prob_{cls}"] = probs[:, i]
+    out.to_csv(run_dir / validation_predictions_file(tta), index=False)
 
 
 def make_eval_transform(hooks, data, tta: str = "none"):
@@ -345,6 +370,9 @@ class Evaluator:
         if tta not in self.state.calibration:
             val, _ = self.predict_frame(self.val_frame, tta, normalize=False)
             self.state.calibration[tta] = calibrate(self.recipe, val.logits, val.labels, len(self.classes))
+            if self.accelerator.is_main_process and self.run_dir is not None:
+                write_validation_predictions(self.run_dir, tta, self.val_frame, val, self.classes,
+                                             self.state.calibration[tta]["temperature"])
             found = self.state.calibration[tta]
             if len(self.classes) == 2 and found["threshold"] is None and self.recipe.evaluation.threshold == "youden":
                 self.console.print("warning: no validation threshold beats chance; predicting the most probable class")

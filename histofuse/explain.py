@@ -32,18 +32,25 @@ def explain(run, rgb: np.ndarray, *, normalize: bool = False, target: int | None
     probs = run.probabilities(x, "none")
     target = int(run.decide(probs, "none")[0]) if target is None else target
     seen = (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    # A fold ensemble shows each branch's heatmap averaged over its fold models.
+    per_model = [branch_heatmaps(m.model, x, target) for m in getattr(run, "members", [run])]
     explanations = []
-    for name, backbone in run.model.backbones.items():
-        net = getattr(backbone, "net", backbone)
-        if is_vision_transformer(net):
-            heat = attention_rollout(net, run.model.normalize[name](x))
-            method = "attention rollout"
-        else:
-            heat = grad_cam(run.model, conv_layer(net), x, target)
-            method = "grad-cam"
-        heat = cv2.resize(heat, seen.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    for name, (method, _) in per_model[0].items():
+        heat = _unit(np.mean([cv2.resize(heats[name][1], seen.shape[1::-1], interpolation=cv2.INTER_LINEAR) for heats in per_model], axis=0))
         explanations.append(Explanation(name, method, heat, overlay(seen, heat)))
     return probs[0], explanations
+
+
+def branch_heatmaps(model: nn.Module, x: torch.Tensor, target: int) -> dict[str, tuple[str, np.ndarray]]:
+    """{backbone: (method, heatmap)} of one model for the batch of one ``x``."""
+    heatmaps = {}
+    for name, backbone in model.backbones.items():
+        net = getattr(backbone, "net", backbone)
+        if is_vision_transformer(net):
+            heatmaps[name] = ("attention rollout", attention_rollout(net, model.normalize[name](x)))
+        else:
+            heatmaps[name] = ("grad-cam", grad_cam(model, conv_layer(net), x, target))
+    return heatmaps
 
 
 def is_vision_transformer(net: nn.Module) -> bool:

@@ -30,10 +30,14 @@ def sample_batch(run, count: int = 8) -> tuple[torch.Tensor, str]:
     """Preprocessed test-split images of the run (what it was evaluated on); random pixels if none can be read."""
     from histofuse.data.decode import decoded_images
 
-    split_file = run.run_dir / "split.csv"
+    split_file, folds_file = run.run_dir / "split.csv", run.run_dir / "folds.csv"
+    paths = []
     if split_file.is_file():
         split = pd.read_csv(split_file, usecols=["path", "split"])
         paths = split.loc[split["split"] == "test", "path"].tolist()[: 4 * count]
+    elif folds_file.is_file():  # a cross-validation: every image is some fold's test image
+        paths = pd.read_csv(folds_file, usecols=["path"])["path"].tolist()[: 4 * count]
+    if paths:
         images = [run.transform(rgb) for _, rgb in decoded_images(paths)][:count]
         if images:
             return torch.stack(images), f"{len(images)} test-split images"
@@ -95,7 +99,7 @@ def export_space(run, folder: Path) -> dict:
     import shutil
     import sys
 
-    from histofuse.manifest import MANIFEST, model_card
+    from histofuse.manifest import MANIFEST, MODEL_CARD, model_card
 
     versions = space_versions()
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,8 +114,11 @@ def export_space(run, folder: Path) -> dict:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     front = (f"---\ntitle: {run.recipe.name}\nsdk: gradio\nsdk_version: {versions['gradio']}\npython_version: \"{python}\"\n"
              "app_file: app.py\npinned: false\n---\n\n")
-    manifest = run.run_dir / MANIFEST
-    card = model_card(json.loads(manifest.read_text())) if manifest.is_file() else f"# {run.recipe.name}\n"
+    manifest, written = run.run_dir / MANIFEST, run.run_dir / MODEL_CARD
+    if manifest.is_file():
+        card = model_card(json.loads(manifest.read_text()))
+    else:  # a cross-validation's parent has its own card, and no manifest
+        card = written.read_text() if written.is_file() else f"# {run.recipe.name}\n"
     (folder / "README.md").write_text(front + card)
     return result
 

@@ -87,6 +87,25 @@ class LoadedRun:
         return (probs[:, 1] >= threshold).astype(int)
 
 
+def open_run(run_dir: Path, fold: int | None = None):
+    """A finished run, or a cross-validation's parent: its fold ensemble, or with ``fold`` that one fold's run."""
+    from histofuse.crossval import fold_dir, is_crossval_dir
+
+    run_dir = Path(run_dir)
+    if not is_crossval_dir(run_dir):
+        if fold is not None:
+            raise HistofuseError(f"--fold {fold}: '{run_dir}' is a single run, not a cross-validation; leave out --fold")
+        return LoadedRun(run_dir)
+    if fold is None:
+        from histofuse.crossval.ensemble import FoldEnsemble
+
+        return FoldEnsemble(run_dir)
+    target = fold_dir(run_dir, fold)
+    if not target.is_dir():
+        raise HistofuseError(f"--fold {fold}: '{run_dir}' has no {target.name}/")
+    return LoadedRun(target)
+
+
 def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files named or found (recursively) in folders; paths that do not exist are returned as failures."""
     found, failed = [], []

@@ -9,7 +9,8 @@ from sklearn import metrics as skm
 
 
 def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None,
+    decided: np.ndarray | None = None,
 ) -> dict:
     """Metrics for predicted class probabilities ``probs`` (N, C) against integer ``labels``.
 
@@ -18,13 +19,16 @@ def classification_metrics(
     they are macro averages and ``auc`` is one-vs-rest. A metric that is undefined
     for this data (e.g. AUC with one class present) is None. ``threshold`` (two
     classes only) predicts positive when its probability reaches it; otherwise
-    the most probable class wins.
+    the most probable class wins. ``decided`` (class indices) gives decisions
+    made elsewhere instead: out-of-fold rows, say, each cut at its own fold's threshold.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(1)
     if threshold is not None and probs.shape[1] == 2:
         preds = (probs[:, 1] >= threshold).astype(int)
+    if decided is not None:
+        preds = np.asarray(decided, dtype=int)
     k = len(classes)
     out: dict = {
         "n": int(len(labels)),
@@ -88,8 +92,6 @@ def bootstrap_auc_ci(
     """
     if n <= 0:
         return None
-    from sklearn.metrics import roc_auc_score
-
     unique, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
     rng = np.random.default_rng(seed)
@@ -101,11 +103,22 @@ def bootstrap_auc_ci(
         if len(np.unique(y)) < k:
             continue
         p = probs[take]
-        values.append(roc_auc_score(y, p[:, 1]) if k == 2 else roc_auc_score(y, p, multi_class="ovr", labels=list(range(k))))
+        values.append(rank_auc(y == 1, p[:, 1]) if k == 2 else np.mean([rank_auc(y == c, p[:, c]) for c in range(k)]))
     if len(values) < n // 2:
         return None  # too few patients of some class for a meaningful interval
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def rank_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half), equal to scikit-learn's roc_auc_score; without
+    its input validation, a thousand bootstrap resamples take milliseconds instead of seconds."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _per_class(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:

@@ -23,6 +23,8 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
 
     if tta not in TTA_MODES:
         raise HistofuseError(f"--tta: expected one of {', '.join(TTA_MODES)}, got '{tta}'")
+    if normalize and hasattr(run, "members"):
+        return _ensemble_normalized(run, inputs, tta=tta, batch_size=batch_size, num_workers=num_workers, console=console)
     if normalize and run.normalizer is None:
         raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
     paths, failed = expand_inputs(inputs)
@@ -50,6 +52,21 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
     result = pd.DataFrame(rows, columns=names)
     order = {str(p): i for i, p in enumerate(paths)}
     return result.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order)))).reset_index(drop=True)
+
+
+def _ensemble_normalized(run, inputs, *, tta: str, batch_size: int, num_workers: int, console) -> pd.DataFrame:
+    """A fold ensemble with stain normalization: each fold predicts with its own normalizer (fitted on its own
+    training patients), then the probabilities are averaged and decided at the ensemble's threshold."""
+    frames = [predict_paths(m, inputs, tta=tta, normalize=True, batch_size=batch_size, num_workers=num_workers, console=console)
+              for m in run.members]
+    out = frames[0].copy()
+    columns = [f"prob_{c}" for c in run.classes]
+    out[columns] = sum(f[columns].to_numpy() for f in frames) / len(frames)
+    readable = out["error"] == ""
+    out.loc[readable, "predicted"] = [run.classes[i] for i in run.decide(out.loc[readable, columns].to_numpy(), tta)]
+    # A tile one fold's normalizer left unchanged is reported once, with that reason.
+    out["unnormalized"] = [next((r for r in reasons if r), "") for reasons in zip(*(f["unnormalized"] for f in frames))]
+    return out
 
 
 def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: int, num_workers: int, unchanged: dict):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from histofuse.errors import RecipeError
 
@@ -29,11 +29,28 @@ class _Section(BaseModel):
 
 class SplitConfig(_Section):
     val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    test: float | None = Field(None, gt=0, lt=1, description="fraction of patients held out for testing (default 0.15); not with folds")
     seed: int | None = Field(None, ge=0, lt=2**32, description="seed of the patient split; default: the recipe's seed")
+    folds: int | None = Field(
+        None, ge=2, le=20, description="K-fold cross-validation by patient: each fold in turn is the test split"
+    )
+    fold: int | None = Field(None, ge=1, description="with folds: train and test only this fold (1..folds)")
+    _ignored_test: float | None = PrivateAttr(None)  # a test fraction that folds replaced, reported when the run starts
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> "SplitConfig":
+        if self.folds is not None:
+            # --folds K turns any one-split recipe into a cross-validation: its test fraction gives way, said at the start.
+            self._ignored_test, self.test = self.test, None
+            if self.fold is not None and self.fold > self.folds:
+                raise ValueError(f"fold = {self.fold} but there are only {self.folds} folds (1..{self.folds})")
+            if self.val >= 0.9:
+                raise ValueError(f"val = {self.val:g} leaves too little of each fold's training patients; keep it below 0.9")
+            return self
+        if self.fold is not None:
+            raise ValueError("fold needs folds: set data.split.folds = K too")
+        if self.test is None:
+            self.test = 0.15
         if self.val + self.test >= 0.9:
             raise ValueError(f"val + test = {self.val + self.test:g} leaves too little for training; keep it below 0.9")
         return self

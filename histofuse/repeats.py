@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
+from histofuse.recipe import load_recipe
+
 # colour_only_auc: what six LAB numbers achieve on the same split, the floor a model's AUC is read against.
 HEADLINE = ("auc", "colour_only_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
 
@@ -27,7 +29,7 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
     """One row per run and set; {set: {metric: {"mean", "std", "values"}}} over the runs."""
     rows = []
     for run_dir in run_dirs:
-        recipe_seed = json.loads((run_dir / "model.json").read_text())["recipe"]["seed"]
+        recipe_seed = load_recipe(run_dir / "recipe.toml").seed  # a run, or a cross-validation's parent folder
         for name, m in json.loads((run_dir / "metrics.json").read_text()).items():
             if "error" not in m:
                 m = {**m, "colour_only_auc": (m.get("color_baseline") or {}).get("auc")}

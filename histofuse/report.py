@@ -31,6 +31,9 @@ def write_report(run_dir: Path) -> Path:
     history = run_dir / "history.csv"
     if history.is_file():
         sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", _curves(pd.read_csv(history))))
+    cross_validation = _json(run_dir / "cv_metrics.json")
+    if cross_validation:
+        sections.append(_cross_validation(run_dir, figures_dir, cross_validation))
     for name, entry in metrics.items():
         sections.append(_set_section(run_dir, figures_dir, name, entry))
     comparison = _json(run_dir / "stain_comparison.json")
@@ -135,6 +138,8 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
     parts = [f"<h2>{_e(name)}</h2>", _table(["metric", "value"], rows)]
     figures = []
     predictions = run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv")
+    if name == "test" and (run_dir / "oof_predictions.csv").is_file():
+        predictions = run_dir / "oof_predictions.csv"
     if predictions.is_file() and len(m.get("classes", [])) == 2:
         figures.append(_figure(figures_dir, f"roc_{name}.png", _roc(pd.read_csv(predictions), m)))
     if m.get("confusion_matrix"):
@@ -164,6 +169,85 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
             ["file", "why"], [[path, reason] for path, reason in m["failed_images"].items()]
         ))
     return "\n".join(parts)
+
+
+def _cross_validation(run_dir: Path, figures_dir: Path, cv: dict) -> str:
+    """Protocol, the per-fold table beside the colour-only floor, fold ROCs over the pooled one, and the spread."""
+    columns = ["fold", "images", "patients", "AUC", "colour-only AUC", "patient AUC", "balanced accuracy", "threshold"]
+    rows = [[r["fold"], r["n"], r["patients"], r["auc"], r["colour_only_auc"], r["patient_auc"], r["balanced_accuracy"], r["threshold"]]
+            for r in cv["test"]["per_fold"]]
+    summary = cv["test"]["summary"]
+    for label, stat in (("mean", "mean"), ("sd", "sd")):
+        rows.append([label, "", "", summary["auc"][stat], summary["colour_only_auc"][stat], summary["patient_auc"][stat],
+                     summary["balanced_accuracy"][stat], ""])
+    parts = [f"<h2>Cross-validation ({cv['folds']} folds)</h2><p>{_e(cv['protocol'])}</p>",
+             "<h3>Test folds</h3>" + _table(columns, rows)]
+    figures = []
+    oof = run_dir / "oof_predictions.csv"
+    classes = (_json(run_dir / "metrics.json") or {}).get("test", {}).get("classes", [])
+    if oof.is_file() and len(classes) == 2:
+        figures.append(_figure(figures_dir, "cv_roc.png", _fold_rocs(pd.read_csv(oof), classes[1], cv["test"]["pooled"])))
+    figures.append(_figure(figures_dir, "cv_spread.png", _fold_spread(cv)))
+    parts.append("<div class=row>" + "".join(figures) + "</div>")
+    for name, entry in cv.items():
+        if isinstance(entry, dict) and "ensemble" in entry:
+            e, s = entry["ensemble"], entry["summary"]
+            parts.append(f"<h3>{_e(name)}: every fold model and their ensemble</h3>" + _table(
+                ["model", "AUC", "colour-only AUC", "patient AUC", "balanced accuracy"],
+                [[f"fold {r['fold']}", r["auc"], r["colour_only_auc"], r["patient_auc"], r["balanced_accuracy"]] for r in entry["per_fold"]]
+                + [["mean ± sd of folds", _mean_sd(s["auc"]), _mean_sd(s["colour_only_auc"]), _mean_sd(s["patient_auc"]),
+                    _mean_sd(s["balanced_accuracy"])],
+                   ["ensemble", e["auc"], e["colour_only_auc"], e["patient_auc"], e["balanced_accuracy"]]],
+            ))
+    return "\n".join(parts)
+
+
+def _mean_sd(entry: dict) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    return f"{entry['mean']:.3f}" + ("" if entry["sd"] is None else f" ± {entry['sd']:.3f}")
+
+
+def _fold_rocs(oof: pd.DataFrame, positive: str, pooled: dict):
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    for fold, part in oof.groupby("fold"):
+        labels = (part["label"].astype(str) == positive).astype(int)
+        if labels.nunique() == 2:
+            fpr, tpr, _ = roc_curve(labels, part[f"prob_{positive}"])
+            axis.plot(fpr, tpr, linewidth=0.8, alpha=0.6, label=f"fold {fold}")
+    labels = (oof["label"].astype(str) == positive).astype(int)
+    fpr, tpr, _ = roc_curve(labels, oof[f"prob_{positive}"])
+    ci = pooled.get("auc_ci95")
+    auc = "n/a" if pooled["auc"] is None else f"{pooled['auc']:.3f}"
+    axis.plot(fpr, tpr, color="black", linewidth=2,
+              label=f"pooled AUC {auc}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axis.set_xlabel("1 − specificity")
+    axis.set_ylabel(f"sensitivity ({positive})")
+    axis.set_title("ROC: out-of-fold predictions")
+    axis.legend(loc="lower right", fontsize=7)
+    return figure
+
+
+def _fold_spread(cv: dict):
+    """Each fold's AUC beside its colour-only AUC: how much of the spread is the folds, and where the floor is."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    rows = cv["test"]["per_fold"]
+    for x, (key, label) in enumerate((("auc", "model"), ("colour_only_auc", "colour only"))):
+        values = [r[key] for r in rows if r[key] is not None]
+        axis.scatter([x] * len(values), values, s=30, zorder=3)
+        if values:
+            axis.hlines(float(np.mean(values)), x - 0.2, x + 0.2, color="black")
+    axis.set_xticks([0, 1], ["model", "colour only"])
+    axis.set_xlim(-0.6, 1.6)
+    axis.set_ylabel("test-fold AUC")
+    axis.set_title(f"spread over {cv['folds']} folds")
+    return figure
 
 
 def _normalization(summary: dict) -> str:

@@ -12,11 +12,14 @@ from pathlib import Path
 import pandas as pd
 from rich.markup import escape
 
-from histofuse.data.split import permute_training_labels, split_by_group
+from histofuse.data.split import permute_training_labels, split_table
 from histofuse.data.table import check_table
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, recipe_to_toml, validate_options
 from histofuse.registry import Registry
+
+
+FINISHED = "finished.json"
 
 
 def resolve_root(recipe: Recipe, registry: Registry) -> Path:
@@ -86,6 +89,14 @@ def create_run_dir(parent: Path, name: str) -> Path:
     raise HistofuseError(f"could not find a free run directory name under {parent}")
 
 
+def _make_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise HistofuseError(f"cannot create the run directory '{path}' ({exc.strerror or exc})") from None
+    return path
+
+
 def make_accelerator(recipe: Recipe):
     import torch
     from accelerate import Accelerator
@@ -110,8 +121,14 @@ def make_accelerator(recipe: Recipe):
     return accelerator
 
 
-def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, resume: Path | None = None) -> Path:
-    """Train and test ``recipe``; return its run directory. With ``resume``, continue that run from its last checkpoint."""
+def run_recipe(
+    recipe: Recipe, registry: Registry, output_dir: Path, console, resume: Path | None = None, run_dir: Path | None = None,
+    last: bool = True, feature_store=None,
+) -> Path:
+    """Train and test ``recipe``; return its run directory. With ``resume``, continue that run from its last checkpoint;
+    with ``run_dir`` (a cross-validation fold's folder), create exactly that directory instead of a dated one.
+    ``last = False`` keeps the process group of a multi-process launch for the runs that follow (folds, repeats);
+    ``feature_store`` shares cached backbone features with them."""
     import torch
     from accelerate.utils import set_seed
 
@@ -138,8 +155,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     with accelerator.main_process_first():  # a generated dataset is written once, then read by all
         table, classes = load_table(recipe, registry)
         check_external_sets(recipe, registry, classes)
-    split = recipe.data.split
-    table = split_by_group(table, split.val, split.test, recipe.seed if split.seed is None else split.seed)
+    table = split_table(table, recipe.data.split, recipe.seed)
     if recipe.data.permute_labels:
         table = permute_training_labels(table, recipe.seed)
         console.print("[yellow]permutation control:[/] the training patients' labels are shuffled (data.permute_labels)")
@@ -154,8 +170,9 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
         console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
         History(run_dir / "history.csv", accelerator.is_main_process).truncate(checkpoint.state.epoch)
     else:
-        run_dir = create_run_dir(output_dir, recipe.name) if accelerator.is_main_process else None
-        run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
+        if accelerator.is_main_process:
+            run_dir = _make_dir(run_dir) if run_dir is not None else create_run_dir(output_dir, recipe.name)
+        run_dir = Path(broadcast(accelerator, str(run_dir) if accelerator.is_main_process else ""))
         if accelerator.is_main_process:
             (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
             table.to_csv(run_dir / "split.csv", index=False)
@@ -214,7 +231,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     trainer = Trainer(
         model=model, recipe=recipe, classes=classes, accelerator=accelerator, make_train_loader=make_train_loader,
         val_loader=make_eval_loader(frames["val"]), criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
-        console=console, dataset_size=len(table), resume=checkpoint,
+        console=console, dataset_size=len(table), resume=checkpoint, feature_store=feature_store,
         trackers=Trackers(recipe.training.log_with, run_dir, recipe.name, recipe.model_dump(mode="json"), accelerator.is_main_process),
     )
     state = trainer.fit()
@@ -225,7 +242,7 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     best = load_weights(model, run_dir)
     metrics = evaluate_after_training(
         recipe=recipe, registry=registry, accelerator=accelerator, model=model, classes=classes, frames=frames,
-        run_dir=run_dir, console=console,
+        run_dir=run_dir, console=console, colour_cache=feature_store.colour if feature_store is not None else None,
     )
     metrics["test"].update(
         best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
@@ -242,7 +259,10 @@ def run_recipe(recipe: Recipe, registry: Registry, output_dir: Path, console, re
     if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
         # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-    accelerator.end_training()
+    if accelerator.is_main_process:  # last: a run killed before this line is not finished, whatever else it wrote
+        (run_dir / FINISHED).write_text(json.dumps({"finished": datetime.now().astimezone().isoformat(timespec="seconds")}))
+    if last:
+        accelerator.end_training()
     return run_dir
 
 
@@ -280,7 +300,7 @@ def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:
         )
 
 
-def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console) -> dict:
+def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console, colour_cache=None) -> dict:
     """Fit normalizer/baseline on training and calibration on validation; evaluate test, then [[evaluate]] sets.
 
     metrics.json is written after the test split and after every external set, and
@@ -289,7 +309,7 @@ def evaluate_after_training(*, recipe, registry, accelerator, model, classes, fr
     from histofuse.evaluation import EvaluationState, Evaluator, fit_on_training_split
 
     normalize = any(e.normalize for e in recipe.evaluate)
-    normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console)
+    normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console, colour_cache)
     state = EvaluationState(normalizer, baseline.to_json() if baseline else None)
     evaluator = Evaluator(
         accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes, state=state,
@@ -342,8 +362,9 @@ def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def _broadcast(accelerator, value: str) -> str:
-    if accelerator.num_processes == 1:
+def broadcast(state, value: str) -> str:
+    """The main process's ``value`` on every process (``state``: an Accelerator or Accelerate's PartialState)."""
+    if state.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 

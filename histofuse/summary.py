@@ -92,7 +92,9 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
     state = "not set" if root is None else (str(root) if root.exists() else f"{root} (missing: {dataset.spec.source})")
     data.add_row("root", state)
     data.add_row("image size", f"resize {recipe.data.resize_to}, crop {recipe.data.image_size}")
-    data.add_row("split (by patient)", f"val {recipe.data.split.val:g}, test {recipe.data.split.test:g}, seed {recipe.seed}")
+    split = recipe.data.split
+    held_out = f"test {split.test:g}" if split.folds is None else f"{split.folds} folds" + (f", fold {split.fold} only" if split.fold else "")
+    data.add_row("split (by patient)", f"val {split.val:g}, {held_out}, seed {recipe.seed if split.seed is None else split.seed}")
     data.add_row("batch size", str(recipe.data.batch_size))
 
     cfg = recipe.evaluation

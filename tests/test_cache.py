@@ -123,3 +123,41 @@ def test_cached_features_are_refused_for_a_phase_that_trains_backbones_or_augmen
     tiny_recipe_dict["phases"][1]["cache_features"] = True
     with pytest.raises(RecipeError, match=r'phases\[1\].*unfreeze = \{.cnn.: 2, .vit.: 2\}, augment = .medium.'):
         parse_recipe(tiny_recipe_dict)
+
+
+def test_a_feature_store_passes_each_image_through_the_backbones_once_across_runs(tiny_recipe_dict, tmp_path):
+    import torch
+
+    from histofuse.data.loading import ImageTable
+    from histofuse.evaluation import make_eval_transform
+    from histofuse.model import build_model
+    from histofuse.recipe import parse_recipe
+    from histofuse.registry import default_registry
+    from histofuse.training.feature_cache import FeatureBank, FeatureStore
+    from histofuse_builtins.data_synthetic import scan_synthetic
+
+    parsed = parse_recipe(tiny_recipe_dict)
+    registry = default_registry()
+    model = build_model(parsed, registry, 2, pretrained=False).eval()
+    table = scan_synthetic(tiny_recipe_dict["data"]["root"], **tiny_recipe_dict["data"]["options"]).head(12).reset_index(drop=True)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    table.loc[5, "path"] = str(broken)
+    transform = make_eval_transform(registry.pm.hook, parsed.data)
+    # Two "folds" that share 4 images, as a cross-validation's training splits do; each with its own transform object.
+    first = ImageTable(table.iloc[:8].reset_index(drop=True), ["benign", "malignant"], transform)
+    second_frame = table.iloc[4:].assign(label="benign").reset_index(drop=True)  # labels come from the split, not the store
+    second = ImageTable(second_frame, ["benign", "malignant"], make_eval_transform(registry.pm.hook, parsed.data))
+    store = FeatureStore()
+    store.bank(model, first, 3, 0, "cpu")
+    shared = store.bank(model, second, 3, 0, "cpu")
+    assert store.computed == 12  # 8 + the 4 the second split did not share, the unreadable one included
+    alone = FeatureBank.compute(model, second, 5, 0, "cpu")
+    assert shared.indices.tolist() == alone.indices.tolist() and shared.failed == alone.failed == [(str(broken), alone.failed[0][1])]
+    assert shared.labels.tolist() == alone.labels.tolist() == [0] * 7
+    for cached, computed in zip(shared.features, alone.features):
+        torch.testing.assert_close(cached, computed)
+    with torch.no_grad():  # other weights, other features: nothing is reused
+        next(model.backbones["cnn"].parameters()).add_(1.0)
+    store.bank(model, second, 3, 0, "cpu")
+    assert store.computed == 20

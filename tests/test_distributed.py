@@ -166,3 +166,26 @@ def test_a_run_killed_mid_phase_resumes_to_the_uninterrupted_result(tmp_path, da
     )
     assert again.returncode != 0 and "nothing to resume" in again.stdout + again.stderr
     shutil.rmtree(tmp_path / "reference")
+
+
+def test_two_processes_run_every_fold_of_a_cross_validation_together(tmp_path, data_root):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "histofuse", "run",
+        str(REPO / "recipes" / "quickstart.toml"), "--set", f"data.root={data_root}", *SMALL, "--folds", "2",
+        "--set", "phases[0].epochs=1", "--set", "phases[1].epochs=1", "--set", "phases[2].epochs=1",
+        "--output-dir", str(tmp_path / "runs"),
+    ]
+    result = subprocess.run(command, env=histofuse_env(ACCELERATE_USE_CPU="1", HISTOFUSE_PROBE_DUMP="1"),
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [parent] = run_dirs(tmp_path / "runs")
+    assert sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("fold-")) == ["fold-1", "fold-2"]
+    for fold in ("fold-1", "fold-2"):
+        probe = parent / fold / "probe"
+        # Both processes trained this fold's model, step for step: neither ran another fold meanwhile.
+        ranks = [load_file(str(probe / f"phase2-rank{r}.safetensors")) for r in (0, 1)]
+        for name in ranks[0]:
+            assert ranks[0][name].equal(ranks[1][name]), f"{fold}: {name} differs between processes"
+    assert (parent / "cv_metrics.json").is_file()
+    assert result.stdout.count("fold 2/2") == 1  # one process talks

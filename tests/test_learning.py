@@ -53,3 +53,22 @@ def test_with_shuffled_training_labels_it_stays_near_chance(tmp_path):
     # Twice the test patients: the AUC of a model that learned nothing spreads less around 0.5.
     test = shrunk_quick_start(tmp_path, 42, "data.permute_labels=true", "data.split.test=0.4")
     assert 0.3 <= test["auc"] <= 0.7, f"model AUC {test['auc']:.3f} on labels it was never shown"
+
+
+def test_the_shrunk_quick_start_cross_validated_in_3_folds_learns_in_every_fold(tmp_path):
+    from typer.testing import CliRunner
+
+    from histofuse.cli import app
+
+    sets = [arg for item in [*SHRUNK, f"data.root={tmp_path / 'data'}"] for arg in ("--set", item)]
+    result = CliRunner().invoke(app, ["run", str(REPO / "recipes" / "quickstart.toml"), "--folds", "3", *sets,
+                                      "--output-dir", str(tmp_path / "runs")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "data.split.test = 0.2 is not used: each fold in turn is the test split" in result.output
+    [parent] = (tmp_path / "runs").iterdir()
+    cv = json.loads((parent / "cv_metrics.json").read_text())
+    for row in cv["test"]["per_fold"]:
+        assert row["auc"] >= row["colour_only_auc"] + MARGIN, row
+    pooled = cv["test"]["pooled"]
+    assert pooled["auc"] >= pooled["colour_only_auc"] + MARGIN, pooled
+    assert pooled["n"] == 240  # 40 patients x 3 images x 2 magnifications, every one predicted once

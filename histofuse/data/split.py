@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from histofuse.errors import DataError
+from histofuse.errors import DataError, HistofuseError
 
 SPLITS = ("train", "val", "test")
 
@@ -16,16 +16,11 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
     Groups are stratified by their label (a group's majority label) so that every
     split holds every class; each class needs at least three groups for that.
     """
-    group_label = table.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+    group_label = _group_labels(table)
+    _need_groups(group_label, 3, "a patient-level train/val/test split",
+                 "Add data for those classes, or merge them with --set data.options... / a label map.")
     rng = np.random.default_rng(seed)
     assignment: dict[object, str] = {}
-    too_few = {label: int(n) for label, n in group_label.value_counts().items() if n < 3}
-    if too_few:
-        detail = ", ".join(f"'{label}': {n}" for label, n in sorted(too_few.items(), key=str))
-        raise DataError(
-            f"a patient-level train/val/test split needs at least 3 patients (groups) per class, found {detail}. "
-            "Add data for those classes, or merge them with --set data.options... / a label map."
-        )
     for label in sorted(group_label.unique(), key=str):
         groups = np.array(sorted(group_label.index[group_label == label], key=str), dtype=object)
         rng.shuffle(groups)
@@ -41,9 +36,87 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
     out = table.copy()
     out["split"] = out["group"].map(assignment)
     check_no_leakage(out)
+    _every_class_in_every_split(table, out, SPLITS)
+    return out
+
+
+def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    """Add a ``fold`` column (1..folds): every patient in exactly one fold, the folds stratified by class.
+
+    scikit-learn's StratifiedGroupKFold decides; its shuffling makes another
+    ``seed`` another draw of folds (repeated cross-validation).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    group_label = _group_labels(table)
+    # Every fold must hold each class, and what the test fold leaves must still give a validation patient and a
+    # training patient of each class: K patients per class, 4 when K = 2 (half of 3 would leave one).
+    _need_groups(group_label, max(folds, 4 if folds == 2 else folds), f"{folds}-fold cross-validation by patient",
+                 "Add patients, merge classes with a label map, or use fewer folds (data.split.folds).")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    # One row per patient, so the stratification balances patients (the unit that is held out), not images.
+    patients = group_label.sort_index(key=lambda index: index.map(str))
+    fold_of: dict[object, int] = {}
+    for number, (_, held_out) in enumerate(splitter.split(np.zeros(len(patients)), patients.to_numpy(), patients.index), 1):
+        fold_of.update({g: number for g in patients.index[held_out]})
+    out = table.copy()
+    out["fold"] = out["group"].map(fold_of).astype(int)
+    empty = sorted(set(range(1, folds + 1)) - set(fold_of.values()))
+    if empty:
+        raise DataError(f"cross-validation: fold(s) {empty} received no patient; use fewer folds (data.split.folds)")
+    return out
+
+
+def split_for_fold(table: pd.DataFrame, fold: int, val: float, seed: int) -> pd.DataFrame:
+    """Fold ``fold`` of a table with a ``fold`` column: its patients are the test split, and validation
+    patients are carved out of the other folds' patients (stratified), never out of the test fold."""
+    held_out = table["fold"] == fold
+    rest = table[~held_out]
+    group_label = _group_labels(rest)
+    _need_groups(group_label, 2, f"fold {fold}'s validation carve-out", "Use fewer folds (data.split.folds).")
+    rng = np.random.default_rng([seed, fold])
+    assignment: dict[object, str] = {}
+    for label in sorted(group_label.unique(), key=str):
+        groups = np.array(sorted(group_label.index[group_label == label], key=str), dtype=object)
+        rng.shuffle(groups)
+        n_val = min(max(1, round(len(groups) * val)), len(groups) - 1)
+        assignment.update({g: "val" for g in groups[:n_val]})
+        assignment.update({g: "train" for g in groups[n_val:]})
+    out = table.copy()
+    out["split"] = np.where(held_out, "test", out["group"].map(assignment))
+    check_no_leakage(out)
+    _every_class_in_every_split(table, out, ("train", "val"))
+    return out
+
+
+def split_table(table: pd.DataFrame, split, seed: int) -> pd.DataFrame:
+    """The recipe's split of ``table`` (``split`` is its ``[data.split]``): one patient split, or the test
+    fold ``split.fold`` of ``split.folds``-fold cross-validation. ``seed`` is the recipe's, used when the
+    split sets none."""
+    seed = seed if split.seed is None else split.seed
+    if split.folds is None:
+        return split_by_group(table, split.val, split.test, seed)
+    if split.fold is None:
+        raise HistofuseError("split_table splits one fold; give split.fold, or use assign_folds for all of them")
+    return split_for_fold(assign_folds(table, split.folds, seed), split.fold, split.val, seed)
+
+
+def _group_labels(table: pd.DataFrame) -> pd.Series:
+    """Each group's majority label: what stratification balances."""
+    return table.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+
+
+def _need_groups(group_label: pd.Series, needed: int, purpose: str, advice: str) -> None:
+    too_few = {label: int(n) for label, n in group_label.value_counts().items() if n < needed}
+    if too_few:
+        detail = ", ".join(f"'{label}': {n}" for label, n in sorted(too_few.items(), key=str))
+        raise DataError(f"{purpose} needs at least {needed} patients (groups) per class, found {detail}. {advice}")
+
+
+def _every_class_in_every_split(table: pd.DataFrame, out: pd.DataFrame, splits) -> None:
     missing = [
         f"{split} has no '{label}'"
-        for split in SPLITS
+        for split in splits
         for label in sorted(table["label"].unique(), key=str)
         if not ((out["split"] == split) & (out["label"] == label)).any()
     ]
@@ -52,7 +125,6 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
             "the patient-level split leaves a class out of a split (" + "; ".join(missing) + "): that class is never "
             "the main label of enough patients. Give it more patients, or merge it into another class."
         )
-    return out
 
 
 def permute_training_labels(table: pd.DataFrame, seed: int) -> pd.DataFrame:

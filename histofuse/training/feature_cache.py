@@ -7,13 +7,16 @@ each further epoch into a pass over a small head.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
+import numpy as np
 import torch
 from accelerate.data_loader import DataLoaderStateMixin
 from accelerate.state import GradientState
 from torch import nn
+from torch.utils.data import Subset
 
 from histofuse.data.loading import make_loader
 from histofuse.data.sampling import EpochSampler
@@ -90,6 +93,75 @@ class FeatureBank:
     def _eval_batch(self, start: int, size: int):
         features, _, mag = self.batch(list(range(start, min(start + size, len(self)))))
         return features, mag
+
+
+class FeatureStore:
+    """Backbone features of every image computed so far, shared by the runs of one process (the folds of a
+    cross-validation): an image's features depend on its pixels and the frozen backbones, never on the fold,
+    so each image is passed through the backbones once however many folds train a head on it.
+
+    Features are filed under what they depend on: the transform (by its printed steps) and a digest of the
+    backbones' weights and buffers. A transform that does not print its steps is never shared. The store also
+    keeps each image's LAB statistics, which every run's colour-only baseline is fitted on.
+    """
+
+    def __init__(self):
+        self._rows: dict[tuple, dict[str, list[torch.Tensor] | str]] = {}
+        self.computed = 0  # images passed through the backbones, for the cost benchmark
+        self.colour: dict[str, np.ndarray] = {}  # LAB statistics by path, for the colour-only baseline of each run
+
+    def bank(self, model: nn.Module, dataset, batch_size: int, num_workers: int, device) -> FeatureBank:
+        transform = repr(dataset.transform)
+        if " at 0x" in transform:  # object.__repr__: nothing says two such transforms do the same
+            self.computed += len(dataset)
+            return FeatureBank.compute(model, dataset, batch_size, num_workers, device)
+        known = self._rows.setdefault((transform, dataset.max_pixels, weights_digest(model.backbones)), {})
+        missing = [i for i, path in enumerate(dataset.paths) if path not in known]
+        if missing:
+            self.computed += len(missing)
+            part = _compute_or_none(model, Subset(dataset, missing), batch_size, num_workers, device)
+            for path, reason in (part.failed if part else []):
+                known[path] = reason
+            # Kept in host memory: a store outlives the phase (and the fold) that filled it.
+            features = [f.cpu() for f in part.features] if part else []
+            for row, index in enumerate(part.indices.tolist() if part else []):
+                known[dataset.paths[index]] = [f[row] for f in features]
+            for index in missing:  # a batch of nothing but unreadable images reports them as failed too
+                known.setdefault(dataset.paths[index], "unreadable")
+        return self._assemble(dataset, known, device)
+
+    @staticmethod
+    def _assemble(dataset, known: dict, device) -> FeatureBank:
+        """The bank FeatureBank.compute would have built: readable images in dataset order, labels from the dataset."""
+        positions = [i for i, path in enumerate(dataset.paths) if not isinstance(known[path], str)]
+        failed = [(path, known[path]) for path in dataset.paths if isinstance(known[path], str)]
+        if not positions:
+            raise DataError("no image of the split could be decoded to compute its features; see the warnings above")
+        rows = [known[dataset.paths[i]] for i in positions]
+        magnification = None
+        if dataset.magnification is not None:
+            magnification = torch.tensor([dataset.magnification[i] for i in positions], device=device)
+        return FeatureBank(
+            features=[torch.stack([row[b] for row in rows]).to(device) for b in range(len(rows[0]))],
+            labels=torch.tensor([dataset.labels[i] for i in positions], device=device),
+            magnification=magnification, indices=torch.tensor(positions), failed=failed,
+        )
+
+
+def _compute_or_none(model, dataset, batch_size, num_workers, device) -> FeatureBank | None:
+    try:
+        return FeatureBank.compute(model, dataset, batch_size, num_workers, device)
+    except DataError:  # every missing image unreadable: recorded as such, the split may still have others
+        return None
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A digest of every parameter and buffer: equal digests, equal features."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class BankEpoch(DataLoaderStateMixin):

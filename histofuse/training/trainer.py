@@ -24,6 +24,7 @@ from histofuse.recipe import PhaseConfig, Recipe
 from histofuse.training.accel import prepare_phase, release, unwrap
 from histofuse.training.checkpoint import load_weights, save_weights
 from histofuse.training.epoch_checkpoint import Checkpoint, TrainingState, save_checkpoint
+from histofuse.training.feature_cache import FeatureStore
 from histofuse.training.history import History
 from histofuse.training.predict import Predictions, predict
 from histofuse.training.progress import EpochProgress
@@ -51,8 +52,11 @@ class Trainer:
         dataset_size: int,
         trackers: Trackers,
         resume: Checkpoint | None = None,
+        feature_store: FeatureStore | None = None,
     ):
         self.model = model
+        # Cached features outlive the phase only when the caller shares a store (the folds of a cross-validation).
+        self.feature_store = feature_store
         self.recipe = recipe
         self.training = recipe.training
         self.classes = classes
@@ -294,7 +298,7 @@ class Trainer:
 
     def _feature_banks(self, index: int, model, train_loader, val_loader):
         """(train bank, validation bank, sampler over the train bank): one pass of the frozen backbones per split."""
-        from histofuse.training.feature_cache import FeatureBank, bank_sampler
+        from histofuse.training.feature_cache import bank_sampler
 
         if self.accelerator.num_processes > 1:
             raise HistofuseError(
@@ -304,12 +308,16 @@ class Trainer:
         unwrapped = unwrap(self.accelerator, model)
         started = time.perf_counter()
         size = self.recipe.data.eval_batch_size or self.recipe.data.batch_size
+        store = self.feature_store or FeatureStore()
+        before = store.computed
         with self.accelerator.autocast():
-            train = FeatureBank.compute(unwrapped, train_loader.dataset, size, train_loader.num_workers, self.accelerator.device)
-            val = FeatureBank.compute(unwrapped, val_loader.dataset, size, val_loader.num_workers, self.accelerator.device)
+            train = store.bank(unwrapped, train_loader.dataset, size, train_loader.num_workers, self.accelerator.device)
+            val = store.bank(unwrapped, val_loader.dataset, size, val_loader.num_workers, self.accelerator.device)
         self._record_failures(train.failed + val.failed)
+        reused = len(train) + len(val) + len(train.failed) + len(val.failed) - (store.computed - before)
         self.accelerator.print(
             f"cached features of {len(train)} training and {len(val)} validation images in {time.perf_counter() - started:.1f} s"
+            + (f" ({reused} computed by an earlier run of this process)" if reused else "")
         )
         sampler = bank_sampler(train, self.training.sampler == "balanced", self.recipe.seed * 1000 + index)
         return train, val, sampler

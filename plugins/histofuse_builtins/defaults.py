@@ -64,6 +64,10 @@ class AlbumentationsTransform:
         self.pipeline = pipeline
         self.stain = stain  # an optional step before the pipeline, with its own random state
 
+    def __repr__(self) -> str:
+        # Two transforms with the same steps print the same: histofuse shares cached features between them.
+        return f"AlbumentationsTransform({self.pipeline!r}, stain={self.stain!r})"
+
     def set_random_seed(self, seed: int) -> None:
         # Compose keeps its own random state, untouched by torch/numpy seeding.
         self.pipeline.set_random_seed(seed)
