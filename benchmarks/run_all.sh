@@ -55,5 +55,18 @@ fi
     echo '```'
     python benchmarks/fusions.py
     echo '```'
+    echo
+    echo "## Cross-validation cost"
+    echo
+    echo '```'
+    python benchmarks/crossval_cost.py 2>/dev/null
+    python benchmarks/crossval_cost.py --backbones resnet18 efficientnet_b0 2>/dev/null
+    echo '```'
+    echo
+    echo "## One split against 5 folds on the small real BreaKHis set"
+    echo
+    echo '```'
+    python benchmarks/realdata_folds.py 2>/dev/null
+    echo '```'
 } > benchmarks/RESULTS.md
 cat benchmarks/RESULTS.md

