@@ -75,6 +75,7 @@ def run_cross_validation(
             shutil.rmtree(target)  # killed before its first checkpoint: nothing of it can be continued
         accelerator.wait_for_everyone()
         run_recipe(fold_recipe(recipe, fold), registry, parent, console, run_dir=target, last=False, feature_store=store)
+
     def pool() -> str:
         pool_folds(parent, recipe, console)
         return ""
