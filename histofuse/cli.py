@@ -398,7 +398,7 @@ def _images_to_check(target: str, root: Optional[Path], overrides, options):
         table = scan_dataset(_registry(), target, root, options or [])
         defaults = DataConfig.model_fields
         return table.assign(split="dataset")[["path", "split"]], MAX_PIXELS, defaults["max_failed_fraction"].default
-    from histofuse.data.split import split_table
+    from histofuse.data.split import assign_folds, split_seed, split_table
     from histofuse.evaluation import load_external
     from histofuse.run import load_table
 
@@ -406,9 +406,7 @@ def _images_to_check(target: str, root: Optional[Path], overrides, options):
     table, classes = load_table(recipe, registry)
     split = recipe.data.split
     if split.folds is not None and split.fold is None:  # a cross-validation: each image's fold is its split
-        from histofuse.data.split import assign_folds
-
-        table = assign_folds(table, split.folds, recipe.seed if split.seed is None else split.seed)
+        table = assign_folds(table, split.folds, split_seed(split, recipe.seed))
         table["split"] = "fold-" + table["fold"].astype(str)
     else:
         table = split_table(table, split, recipe.seed)

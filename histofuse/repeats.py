@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
+from histofuse.data.split import split_seed
 from histofuse.recipe import load_recipe
 
 # colour_only_auc: what six LAB numbers achieve on the same split, the floor a model's AUC is read against.
@@ -16,10 +17,10 @@ HEADLINE = ("auc", "colour_only_auc", "accuracy", "balanced_accuracy", "recall",
 
 def repeated_recipes(recipe, count: int, vary_split: bool) -> list:
     """Seeds seed, seed + 1, ...; the patient split stays the first run's unless ``vary_split``."""
-    split_seed = recipe.data.split.seed if recipe.data.split.seed is not None else recipe.seed
+    pinned = split_seed(recipe.data.split, recipe.seed)
     recipes = []
     for i in range(count):
-        split = recipe.data.split.model_copy(update={"seed": None if vary_split else split_seed})
+        split = recipe.data.split.model_copy(update={"seed": None if vary_split else pinned})
         data = recipe.data.model_copy(update={"split": split})
         recipes.append(recipe.model_copy(update={"seed": recipe.seed + i, "data": data}))
     return recipes

@@ -362,9 +362,9 @@ def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def broadcast(state, value: str) -> str:
-    """The main process's ``value`` on every process (``state``: an Accelerator or Accelerate's PartialState)."""
-    if state.num_processes == 1:
+def broadcast(accelerator, value: str) -> str:
+    """The main process's ``value`` on every process."""
+    if accelerator.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
 

@@ -65,11 +65,10 @@ class FoldEnsemble:
 
     def _threshold_from_folds(self, tta: str) -> float | None:
         """A mode the cross-validation did not lock (the folds calibrated it later, with histofuse evaluate): lock
-        it now, the same way, when every fold predicted its validation split under it."""
+        it now, the same way, when every fold calibrated it on its validation split."""
         from histofuse.crossval.pooling import ensemble_threshold
-        from histofuse.evaluation import validation_predictions_file
 
-        if not all((d / validation_predictions_file(tta)).is_file() for d in self.folds):
+        if not self.calibrated(tta):
             return None
         return ensemble_threshold(self.folds, tta, self.classes, self.recipe.evaluation.threshold)
 

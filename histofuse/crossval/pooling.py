@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from histofuse.calibration import expected_calibration_error, youden_threshold
+from histofuse.data.split import split_seed
 from histofuse.errors import HistofuseError
-from histofuse.evaluation import validation_predictions_file
+from histofuse.evaluation import EvaluationState, validation_predictions_file
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 
 CV_METRICS = "cv_metrics.json"
@@ -44,16 +45,16 @@ def pool_folds(parent: Path, recipe, console) -> dict:
     report = {
         "protocol": protocol(recipe),
         "folds": split.folds,
-        "split_seed": recipe.seed if split.seed is None else split.seed,
+        "split_seed": split_seed(split, recipe.seed),
         "test": {"per_fold": [fold_row(k, m["test"]) for k, m in enumerate(fold_metrics, 1)], "pooled": _headline(pooled)},
     }
     report["test"]["summary"] = spread(report["test"]["per_fold"])
     metrics = {"test": pooled}
     # Every TTA mode all folds calibrated on validation (the test split's, each external set's): the ensemble's cut
     # for it is locked now, so predict, serve and an export decide alike.
-    modes = sorted({validation_mode(p.name) for p in dirs[0].glob(validation_predictions_file("*"))})
+    modes = set.intersection(*(set(EvaluationState.load(d).calibration) for d in dirs))
     ensemble = {tta: {"threshold": ensemble_threshold(dirs, tta, classes, cfg.threshold), "temperature": 1.0}
-                for tta in modes if all((d / validation_predictions_file(tta)).is_file() for d in dirs)}
+                for tta in sorted(modes)}
     # The recipe's [[evaluate]] sets, then any set added later to every fold (histofuse evaluate on the parent).
     names = [e.name for e in recipe.evaluate]
     names += [n for n in fold_metrics[0] if n != "test" and n not in names and all(n in m for m in fold_metrics)]
@@ -145,12 +146,6 @@ def _decide(probs: np.ndarray, cut) -> np.ndarray:
     return decided
 
 
-def validation_mode(file_name: str) -> str:
-    """The TTA mode of a validation predictions file name."""
-    prefix, suffix = validation_predictions_file("*").split("*")
-    return file_name[len(prefix): -len(suffix)]
-
-
 def ensemble_threshold(dirs: list[Path], tta: str, classes: list[str], rule) -> float | None:
     """The fold ensemble's cut, locked on the folds' validation predictions pooled (each fold's validation
     patients predicted by that fold's model): no test fold and no external image is looked at."""
@@ -218,7 +213,7 @@ def _headline(m: dict) -> dict:
 def protocol(recipe) -> str:
     """The cross-validation protocol in words, for the model card and the report."""
     split = recipe.data.split
-    seed = recipe.seed if split.seed is None else split.seed
+    seed = split_seed(split, recipe.seed)
     external = (
         " External sets are scored by every fold model and by their ensemble (mean probability), whose threshold "
         "is locked on the folds' validation predictions pooled." if recipe.evaluate else ""

@@ -89,11 +89,11 @@ def run_cross_validation(
 def prepare_parent(recipe: Recipe, registry, output_dir: Path, resume: Path | None) -> Path:
     """A new parent directory with the recipe and the fold of every image; or, resuming, the parent checked
     against the data: the folds still to run must split the same images the same way as those already run."""
-    from histofuse.data.split import assign_folds
+    from histofuse.data.split import assign_folds, split_seed
     from histofuse.run import create_run_dir, load_table
 
     split = recipe.data.split
-    with_folds = assign_folds(load_table(recipe, registry)[0], split.folds, recipe.seed if split.seed is None else split.seed)
+    with_folds = assign_folds(load_table(recipe, registry)[0], split.folds, split_seed(split, recipe.seed))
     with_folds = with_folds[["path", "group", "label", "fold"]]
     if resume is not None:
         saved = pd.read_csv(resume / FOLDS_FILE, dtype={"path": str, "group": str, "label": str})

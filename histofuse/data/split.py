@@ -19,11 +19,8 @@ def split_by_group(table: pd.DataFrame, val: float, test: float, seed: int) -> p
     group_label = _group_labels(table)
     _need_groups(group_label, 3, "a patient-level train/val/test split",
                  "Add data for those classes, or merge them with --set data.options... / a label map.")
-    rng = np.random.default_rng(seed)
     assignment: dict[object, str] = {}
-    for label in sorted(group_label.unique(), key=str):
-        groups = np.array(sorted(group_label.index[group_label == label], key=str), dtype=object)
-        rng.shuffle(groups)
+    for groups in _shuffled_by_class(group_label, np.random.default_rng(seed)):
         n = len(groups)
         n_test = min(max(1, round(n * test)), n - 2)
         n_val = min(max(1, round(n * val)), n - n_test - 1)
@@ -74,11 +71,8 @@ def split_for_fold(table: pd.DataFrame, fold: int, val: float, seed: int) -> pd.
     rest = table[~held_out]
     group_label = _group_labels(rest)
     _need_groups(group_label, 2, f"fold {fold}'s validation carve-out", "Use fewer folds (data.split.folds).")
-    rng = np.random.default_rng([seed, fold])
     assignment: dict[object, str] = {}
-    for label in sorted(group_label.unique(), key=str):
-        groups = np.array(sorted(group_label.index[group_label == label], key=str), dtype=object)
-        rng.shuffle(groups)
+    for groups in _shuffled_by_class(group_label, np.random.default_rng([seed, fold])):
         n_val = min(max(1, round(len(groups) * val)), len(groups) - 1)
         assignment.update({g: "val" for g in groups[:n_val]})
         assignment.update({g: "train" for g in groups[n_val:]})
@@ -89,11 +83,16 @@ def split_for_fold(table: pd.DataFrame, fold: int, val: float, seed: int) -> pd.
     return out
 
 
+def split_seed(split, seed: int) -> int:
+    """The seed of the patient split (or fold draw): ``[data.split] seed``, else the recipe's ``seed``."""
+    return seed if split.seed is None else split.seed
+
+
 def split_table(table: pd.DataFrame, split, seed: int) -> pd.DataFrame:
     """The recipe's split of ``table`` (``split`` is its ``[data.split]``): one patient split, or the test
     fold ``split.fold`` of ``split.folds``-fold cross-validation. ``seed`` is the recipe's, used when the
     split sets none."""
-    seed = seed if split.seed is None else split.seed
+    seed = split_seed(split, seed)
     if split.folds is None:
         return split_by_group(table, split.val, split.test, seed)
     if split.fold is None:
@@ -104,6 +103,14 @@ def split_table(table: pd.DataFrame, split, seed: int) -> pd.DataFrame:
 def _group_labels(table: pd.DataFrame) -> pd.Series:
     """Each group's majority label: what stratification balances."""
     return table.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+
+
+def _shuffled_by_class(group_label: pd.Series, rng: np.random.Generator):
+    """Each class's groups, in a fixed class order, shuffled by ``rng``: what stratified assignment deals out."""
+    for label in sorted(group_label.unique(), key=str):
+        groups = np.array(sorted(group_label.index[group_label == label], key=str), dtype=object)
+        rng.shuffle(groups)
+        yield groups
 
 
 def _need_groups(group_label: pd.Series, needed: int, purpose: str, advice: str) -> None:
