@@ -68,5 +68,11 @@ fi
     echo '```'
     python benchmarks/realdata_folds.py 2>/dev/null
     echo '```'
+    echo
+    echo "## Foundation-model backbones: parameters, FLOPs, frozen memory"
+    echo
+    echo '```'
+    python benchmarks/backbone_costs.py 2>/dev/null
+    echo '```'
 } > benchmarks/RESULTS.md
 cat benchmarks/RESULTS.md

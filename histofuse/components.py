@@ -22,7 +22,9 @@ class BackboneSpec:
     (RGB tuples for inputs in [0, 1]), ``parameter_groups()`` (ordered lists of
     parameters, input side first, used for "unfreeze the last N") and whose
     ``forward`` maps a normalised ``(B, 3, H, W)`` batch to ``(B, num_features)``;
-    ``forward_tokens`` (for token-consuming fusions) maps it to ``(B, N, num_features)``.
+    ``forward_tokens`` (for token-consuming fusions) maps it to ``(B, N, token_features)``,
+    where ``token_features`` defaults to ``num_features`` (a backbone whose pooled
+    embedding concatenates several tokens sets it to one token's width).
     Optional: ``export_state_dict()`` (weights in the family's own names, for
     ``histofuse weights export``) and ``weights_report`` (what loading a file did).
     """

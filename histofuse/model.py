@@ -69,6 +69,11 @@ class HybridModel(nn.Module):
         self.normalize = nn.ModuleDict(
             {name: InputNormalization(tuple(b.mean), tuple(b.std)) for name, b in backbones.items()}
         )
+        # Backbones whose weights are held in lower precision (frozen ones, to save memory) get inputs to match.
+        self.weight_dtypes = {
+            name: dtype for name, b in backbones.items()
+            if (dtype := next((p.dtype for p in b.parameters()), torch.float32)) != torch.float32
+        }
         self.fusion = fusion
         self.head = head
         self.batchnorm: Literal["auto", "frozen", "train"] = "auto"
@@ -80,11 +85,15 @@ class HybridModel(nn.Module):
         for name, backbone in self.backbones.items():
             inputs = self.normalize[name](x)
             run = backbone.forward_tokens if self.inputs == "tokens" else backbone
+            low = self.weight_dtypes.get(name)
+            if low is not None:
+                inputs = inputs.to(low)
             if is_frozen(backbone):
                 with torch.no_grad():
-                    out.append(run(inputs))
+                    features = run(inputs)
             else:
-                out.append(run(inputs))
+                features = run(inputs)
+            out.append(features.float() if low is not None else features)
         return out
 
     def forward(self, x: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,6 +256,8 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
                 image_size=recipe.data.image_size,
                 **validate_options(spec, cfg.options),
             )
+            if cfg.dtype != "float32":
+                backbones[cfg.name].to(getattr(torch, cfg.dtype))
         except (TypeError, ValueError) as exc:
             # Options are passed through to the factory (e.g. timm.create_model), which rejects unknown ones.
             raise RecipeError(
@@ -254,7 +265,7 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
             ) from None
     fusion_spec = registry.get("fusion", recipe.model.fusion)
     fusion = fusion_spec.build(
-        in_features=[b.num_features for b in backbones.values()],
+        in_features=[_fused_width(b, fusion_spec.inputs) for b in backbones.values()],
         **validate_options(fusion_spec, recipe.model.fusion_options),
     )
     mag = recipe.model.magnification
@@ -263,6 +274,11 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
     head = ClassifierHead(width, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
     pretrained_names = {cfg.name for cfg in recipe.model.backbones if cfg.pretrained is not False}
     return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding, pretrained=pretrained_names)
+
+
+def _fused_width(backbone: nn.Module, inputs: str) -> int:
+    # A pooled embedding may be wider than one token (Virchow's class token + mean patch token).
+    return int(getattr(backbone, "token_features", backbone.num_features) if inputs == "tokens" else backbone.num_features)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -95,6 +95,10 @@ class BackboneConfig(_Section):
     model: str
     pretrained: bool | str = False
     options: dict[str, Any] = Field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the weights' precision: 'bfloat16' halves the memory of a backbone that no phase "
+        "unfreezes (a frozen foundation model); its features are handed on as float32"
+    )
 
 
 class HeadConfig(_Section):
@@ -151,9 +155,10 @@ class PhaseConfig(_Section):
         1.0, gt=0, le=1, description="layer-wise learning-rate decay: each backbone parameter group trains at this "
         "factor times the rate of the group above it (the top group at lr.backbone); 1 = one rate for all"
     )
-    cache_features: bool = Field(
-        False, description="compute the frozen backbones' features once and train fusion + head on them (needs "
-        'unfreeze = "none", augment = "none", stain_jitter = 0)'
+    cache_features: bool | None = Field(
+        None, description="compute the frozen backbones' features once and train fusion + head on them (needs "
+        'unfreeze = "none", augment = "none", stain_jitter = 0); unset: on for such a phase over a frozen foundation '
+        "model on one process, off otherwise"
     )
 
     @model_validator(mode="after")
@@ -503,10 +508,18 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
         if spec is not None:
             problems += check_options(spec, backbone.options, f"model.backbones[{i}].options")
         if isinstance(backbone.pretrained, str) and not Path(backbone.pretrained).expanduser().is_file():
+            folder = " (a folder in the Hub's layout is named by model = \"local-dir:PATH\")" if Path(backbone.pretrained).expanduser().is_dir() else ""
             problems.append(
-                f"model.backbones[{i}].pretrained: weights file '{backbone.pretrained}' does not exist; "
+                f"model.backbones[{i}].pretrained: weights file '{backbone.pretrained}' does not exist{folder}; "
                 "give a path to a .safetensors or .pth state dict, true (download from the hub) or false"
             )
+        if backbone.dtype != "float32":
+            problems += [
+                f"model.backbones[{i}].dtype: {backbone.dtype} weights are for a backbone no phase trains, but "
+                f"phases[{j}] unfreezes '{backbone.name}'; keep float32 and set training.mixed_precision instead"
+                for j, phase in enumerate(recipe.phases)
+                if phase.unfreeze == "all" or (isinstance(phase.unfreeze, dict) and phase.unfreeze.get(backbone.name, 0) > 0)
+            ]
 
     phase_names = [p.name for p in recipe.phases]
     for i, phase in enumerate(recipe.phases):

@@ -78,6 +78,7 @@ def builtin_pm():
     """A plugin manager holding only the built-in plugins, registered by hand (no entry points)."""
     from histofuse_builtins import (
         backbones_timm,
+        backbones_transformers,
         data_bach,
         data_breakhis,
         data_folder,
@@ -96,7 +97,7 @@ def builtin_pm():
 
     return create_plugin_manager(
         entry_points=False,
-        plugins=(backbones_timm, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, data_folder, data_table,
+        plugins=(backbones_timm, backbones_transformers, fusion_concat, fusion_gated, fusion_cross_attention, data_synthetic, data_breakhis, data_bach, data_folder, data_table,
                  stain_reinhard, stain_macenko, stain_vahadane, defaults),
     )
 

@@ -22,7 +22,7 @@ class DatasetPlugin:
 
 
 def test_builtins_register_every_component_kind(registry):
-    assert registry.names("backbone") == ["timm"]
+    assert registry.names("backbone") == ["timm", "transformers"]
     assert registry.names("fusion") == ["concat", "cross_attention", "gated"]
     assert registry.names("normalizer") == ["macenko", "reinhard", "vahadane"]
     assert registry.names("dataset") == ["bach", "breakhis", "csv", "folder", "synthetic"]

@@ -120,7 +120,7 @@ class Trainer:
             self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
         self.model_in_phase, self.phase_losses, self.warned_diverging = model, [], False
-        banks = self._feature_banks(index, model, train_loader, val_loader) if phase.cache_features else None
+        banks = self._feature_banks(index, model, train_loader, val_loader) if self._caches(phase) else None
         state = self.state
         if continuing:
             # After prepare: the optimizer state then lands on the model's device.
@@ -295,6 +295,17 @@ class Trainer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return loss
+
+    def _caches(self, phase: PhaseConfig) -> bool:
+        """Whether a phase trains on cached features: as the recipe says, else for a probe of a foundation model."""
+        if phase.cache_features is not None:
+            return phase.cache_features
+        frozen_and_fixed = (
+            not any(p.requires_grad for b in self.model.backbones.values() for p in b.parameters())
+            and phase.augment == "none" and phase.stain_jitter == 0
+        )
+        foundation = any(getattr(b, "foundation_model", False) for b in self.model.backbones.values())
+        return frozen_and_fixed and foundation and self.accelerator.num_processes == 1
 
     def _feature_banks(self, index: int, model, train_loader, val_loader):
         """(train bank, validation bank, sampler over the train bank): one pass of the frozen backbones per split."""

@@ -3,28 +3,49 @@
 ``forward_features`` + ``forward_head(pre_logits=True)`` give the pooled feature
 (average pooling for CNNs, the class token for ViTs), ``num_features`` its width,
 and ``group_matcher(coarse=True)`` the ordered stages/blocks used for unfreezing.
+Names may carry timm's own schemes: ``hf-hub:ORG/NAME`` (the Hub, or its local
+cache under ``HF_HUB_OFFLINE=1``) and ``local-dir:PATH`` (a folder in the Hub's
+layout); a known pathology foundation model gets what its card passes in code.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
+from histofuse_builtins.foundation_models import find_preset
+from histofuse_builtins.hub_sources import check_source, split_source, unreachable
+
+Pool = Literal["model", "cls", "mean", "cls+mean"]
+# timm's MLP layers by name, so that a TOML recipe can say what a model card passes as a class.
+_MLP_LAYERS = {"mlp": "Mlp", "swiglu_packed": "SwiGLUPacked", "swiglu": "SwiGLU", "glu": "GluMlp"}
 
 
 class TimmOptions(BaseModel):
-    """Extra keyword arguments passed to ``timm.create_model`` (e.g. ``drop_path_rate``)."""
+    """Extra keyword arguments passed to ``timm.create_model`` (e.g. ``drop_path_rate``), and these:"""
 
     model_config = ConfigDict(extra="allow")
+    preset: str | None = Field(None, description="a foundation model's preset (e.g. 'uni2-h') for a local-dir: copy")
+    pool: Pool | None = Field(
+        None, description="pooled embedding: the model's own head ('model'), the class token ('cls'), the mean of "
+        "patch tokens ('mean') or both concatenated ('cls+mean'); default: the preset's, else 'model'"
+    )
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, more time")
+    mlp_layer: Literal["mlp", "swiglu_packed", "swiglu", "glu"] | None = None
+    act_layer: str | None = Field(None, description="a timm activation name, e.g. 'silu'")
 
 
-def _check_model_name(name: str) -> str | None:
+def _check_model_name(name: str, pretrained: bool | str = False) -> str | None:
     import timm
 
+    if split_source(name)[0] is not None:
+        return check_source(name, pretrained)
     arch = name.split(".", 1)[0]
     if timm.is_model(arch):
         if "." in name:
@@ -36,43 +57,102 @@ def _check_model_name(name: str) -> str | None:
         return None
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown timm model '{name}'.{hint} `python -c \"import timm; print(timm.list_models('*vit*'))\"` lists names."
+    prefix = " A Hugging Face Hub model is named hf-hub:ORG/NAME, a downloaded folder local-dir:PATH." if "/" in name else ""
+    return f"unknown timm model '{name}'.{hint}{prefix} `python -c \"import timm; print(timm.list_models('*vit*'))\"` lists names."
 
 
-def build_timm_backbone(*, model: str, pretrained: bool | str = False, image_size: int = 224, **options):
+def _hub_config(model: str) -> dict:
+    """The config.json a prefixed name points at (fetched once; timm reads it again from the cache)."""
+    scheme, ident = split_source(model)
+    if scheme == "local-dir":
+        return json.loads((Path(ident).expanduser() / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    repo, _, revision = ident.partition("@")
+    return json.loads(Path(hf_hub_download(repo, "config.json", revision=revision or None)).read_text())
+
+
+def _fixed_input_size(model: str, config: dict | None) -> bool:
     import timm
 
-    problem = _check_model_name(model)
+    if config is None:
+        return timm.models.get_pretrained_cfg(model).fixed_input_size
+    args = config.get("model_args", {})
+    if args.get("dynamic_img_size"):
+        return False
+    saved = config.get("pretrained_cfg", config).get("fixed_input_size")
+    return saved if saved is not None else timm.models.get_pretrained_cfg(config["architecture"]).fixed_input_size
+
+
+def _creation_args(options: dict, card) -> dict:
+    from timm import layers
+
+    kwargs = {**(card.args if card else {}), **{k: v for k, v in options.items() if v is not None}}
+    if isinstance(kwargs.get("mlp_layer"), str):
+        kwargs["mlp_layer"] = getattr(layers, _MLP_LAYERS[kwargs["mlp_layer"]])
+    return kwargs
+
+
+def build_timm_backbone(
+    *, model: str, pretrained: bool | str = False, image_size: int = 224, preset: str | None = None,
+    pool: Pool | None = None, grad_checkpointing: bool = False, **options,
+):
+    import timm
+
+    problem = _check_model_name(model, pretrained)
     if problem:
         raise histofuse.WeightsError(problem)
-    kwargs = dict(options)
-    if timm.models.get_pretrained_cfg(model).fixed_input_size:
-        # ViT-style models bake the input size into their position embedding; timm resamples it on load.
-        kwargs.setdefault("img_size", image_size)
-    if pretrained is True:
-        try:
-            net = timm.create_model(model, pretrained=True, num_classes=0, **kwargs)
-        except Exception as exc:
-            raise histofuse.WeightsError(
-                f"could not load pretrained weights for timm model '{model}' from the Hugging Face Hub: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-                "On a machine without internet, download them elsewhere and set "
-                "pretrained = \"/path/to/weights.safetensors\" (or .pth), or set pretrained = false."
-            ) from exc
+    card = find_preset(model, "timm", preset)
+    kwargs = _creation_args(options, card)
+    try:
+        config = _hub_config(model) if split_source(model)[0] else None
+        if _fixed_input_size(model, config):
+            # ViT-style models bake the input size into their position embedding; timm resamples it on load.
+            kwargs["img_size"] = image_size
+        net = timm.create_model(model, pretrained=pretrained is True, num_classes=0, **kwargs)
+    except (TypeError, ValueError, histofuse.WeightsError):
+        raise
+    except Exception as exc:
+        raise histofuse.WeightsError(_load_failure(model, exc, card)) from exc
     report = None
-    if pretrained is not True:
-        net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
-        if isinstance(pretrained, str):
-            report = histofuse.load_weights_file(
-                net, Path(pretrained), drop_prefixes=(_classifier_prefix(net),), convert=lambda state: _from_efficientnet_pytorch(state, net)
-            )
-            histofuse.log.info("%s: %s", model, report.summary())
+    if isinstance(pretrained, str):
+        report = histofuse.load_weights_file(
+            net, Path(pretrained), drop_prefixes=(_classifier_prefix(net),), convert=lambda state: _from_efficientnet_pytorch(state, net)
+        )
+        histofuse.log.info("%s: %s", model, report.summary())
+    if grad_checkpointing:
+        net.set_grad_checkpointing(True)
     cfg = net.pretrained_cfg
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    backbone = _timm_backbone_class()(net, mean, std)
+    mean = tuple(card.mean if card else cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(card.std if card else cfg.get("std", (0.229, 0.224, 0.225)))
+    native = cfg.get("input_size", (3, image_size, image_size))[-1]
+    if native != image_size:
+        histofuse.log.info("%s: pretrained at %d px, fed %d px (data.image_size)", model, native, image_size)
+    backbone = _timm_backbone_class()(net, mean, std, pool or (card.pool if card else "model"))
+    backbone.foundation_model = card is not None
     backbone.weights_report = report
     return backbone
+
+
+def _load_failure(model: str, exc: Exception, card) -> str:
+    scheme, ident = split_source(model)
+    detail = " ".join(str(exc).split())[:400]
+    if scheme == "local-dir":
+        from histofuse_builtins.foundation_models import PRESETS
+
+        known = ", ".join(k for k, p in PRESETS.items() if p.family == "timm")
+        return (
+            f"the weights in '{ident}' do not fit the model its config.json describes ({type(exc).__name__}: "
+            f"{detail}). A model card that passes creation arguments in code needs them here too: name its preset "
+            f"(options.preset = one of {known}) or give them as options."
+        )
+    if scheme == "hf-hub":
+        return unreachable(ident, exc, card)
+    return (
+        f"could not load pretrained weights for timm model '{model}' from the Hugging Face Hub: "
+        f"{type(exc).__name__}: {detail}. On a machine without internet, download them elsewhere and set "
+        "pretrained = \"/path/to/weights.safetensors\" (or .pth), or set pretrained = false."
+    )
 
 
 # efficientnet-pytorch (lukemelas) names -> timm names. Top level, then inside blocks, where timm's
@@ -121,26 +201,54 @@ def _classifier_prefix(net) -> str:
 @functools.cache
 def _timm_backbone_class():
     # Defined on first use so that importing this plugin (e.g. for `histofuse --help`) does not import torch.
+    import torch
     from timm.models import group_parameters
     from torch import nn
 
     class TimmBackbone(nn.Module):
-        """A timm model without classifier, exposing the histofuse backbone contract."""
+        """A timm model without classifier, exposing the histofuse backbone contract.
 
-        def __init__(self, net, mean, std):
+        A transformer's sequence is [class token, register tokens, patch tokens]; registers
+        carry no position and are left out of what token fusions and pooling see.
+        """
+
+        def __init__(self, net, mean, std, pool: str = "model"):
             super().__init__()
             self.net = net
-            self.num_features = int(net.num_features)
             self.mean = mean
             self.std = std
+            self.pool = pool
+            width = int(net.num_features)
+            self.prefix_tokens = int(getattr(net, "num_prefix_tokens", 0))
+            self.class_tokens = 1 if getattr(net, "cls_token", None) is not None else 0
+            if pool in ("cls", "cls+mean") and not self.class_tokens:
+                raise ValueError(f"pool = '{pool}' needs a transformer with a class token; this model has none")
+            if pool == "model" and getattr(net, "global_pool", None) == "":
+                raise ValueError("this model's config pools nothing (global_pool = ''); set options.pool, e.g. 'cls'")
+            self.num_features = 2 * width if pool == "cls+mean" else width
+            self.token_features = width
 
         def forward(self, x):
-            return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+            features = self.net.forward_features(x)
+            if self.pool == "model":
+                return self.net.forward_head(features, pre_logits=True)
+            if features.ndim == 4:
+                return features.mean((2, 3))
+            patches = features[:, self.prefix_tokens:].mean(1)
+            if self.pool == "mean":
+                return patches
+            if self.pool == "cls":
+                return features[:, 0]
+            return torch.cat([features[:, 0], patches], dim=1)
 
         def forward_tokens(self, x):
-            """(B, N, num_features): a CNN's feature map flattened to positions, a ViT's tokens as they are."""
+            """(B, N, token_features): a CNN's feature map flattened to positions; a ViT's class and patch tokens."""
             features = self.net.forward_features(x)
-            return features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+            if features.ndim == 4:
+                return features.flatten(2).transpose(1, 2)
+            if self.prefix_tokens > self.class_tokens:
+                return torch.cat([features[:, : self.class_tokens], features[:, self.prefix_tokens:]], dim=1)
+            return features
 
         def export_state_dict(self):
             """The weights in timm's own names, loadable with pretrained = "file" or timm itself."""
@@ -160,7 +268,7 @@ def register_backbones():
         histofuse.BackboneSpec(
             name="timm",
             build=build_timm_backbone,
-            description="any timm model (CNN or ViT); pretrained = true | false | path to weights",
+            description="any timm model (CNN or ViT), hf-hub:ORG/NAME or local-dir:PATH; pretrained = true | false | weights file",
             options=TimmOptions,
         )
     ]
@@ -171,7 +279,7 @@ def validate_recipe(recipe):
     problems = []
     for i, backbone in enumerate(recipe.model.backbones):
         if backbone.source == "timm":
-            problem = _check_model_name(backbone.model)
+            problem = _check_model_name(backbone.model, backbone.pretrained)
             if problem:
                 problems.append(f"model.backbones[{i}].model: {problem}")
     return problems

@@ -1,0 +1,199 @@
+"""Vision models published as transformers ``AutoModel``s (Phikon, Phikon-v2, Hibou) as backbones.
+
+Same contract as the timm family. The model is named by its Hub id
+(``owkin/phikon-v2``, or ``hf-hub:owkin/phikon-v2``) or a folder
+(``local-dir:PATH``); transformers itself reads the Hub, its cache
+(``HF_HUB_OFFLINE=1``) or the folder. transformers is an optional extra:
+``pip install 'histofuse[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import histofuse
+from histofuse_builtins.foundation_models import IMAGENET_MEAN, IMAGENET_STD, find_preset
+from histofuse_builtins.hub_sources import check_source, split_source, unreachable
+
+INSTALL = "pip install 'histofuse[transformers]'"
+
+
+class TransformersOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field(None, description="a foundation model's preset (e.g. 'phikon-v2') for a local-dir: copy")
+    pool: Literal["cls", "mean", "cls+mean"] | None = Field(None, description="default: the preset's, else 'cls'")
+    grad_checkpointing: bool = False
+    revision: str | None = Field(None, description="a Hub branch, tag or commit")
+    trust_remote_code: bool = Field(
+        False, description="run the model's own Python code from the Hub (Hibou needs it): read that code first"
+    )
+
+
+def _location(model: str) -> tuple[str, bool]:
+    """(what transformers loads from, whether it is a local folder)."""
+    scheme, ident = split_source(model)
+    if scheme == "local-dir":
+        return str(Path(ident).expanduser()), True
+    return ident, False
+
+
+def check_model_name(model: str, pretrained: bool | str) -> str | None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return f"the transformers backbone family needs the transformers package: {INSTALL}"
+    scheme, _ = split_source(model)
+    if scheme is None:
+        if "/" not in model:
+            return f"'{model}' is not a Hub model id; write ORG/NAME (e.g. owkin/phikon-v2) or local-dir:PATH"
+        return check_source(f"hf-hub:{model}", pretrained)
+    return check_source(model, pretrained)
+
+
+def build_transformers_backbone(
+    *, model: str, pretrained: bool | str = False, image_size: int = 224, preset: str | None = None,
+    pool: str | None = None, grad_checkpointing: bool = False, revision: str | None = None,
+    trust_remote_code: bool = False,
+):
+    problem = check_model_name(model, pretrained)
+    if problem:
+        raise histofuse.WeightsError(problem)
+    from transformers import AutoConfig, AutoModel
+
+    card = find_preset(model.removeprefix("hf-hub:"), "transformers", preset)
+    source, local = _location(model)
+    hub = {} if local else {"revision": revision}
+    try:
+        if pretrained is True:
+            net = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
+        else:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
+            net = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise histofuse.WeightsError(unreachable(source, exc, card)) from exc
+    report = None
+    if isinstance(pretrained, str):
+        report = histofuse.load_weights_file(net, Path(pretrained))
+        histofuse.log.info("%s: %s", model, report.summary())
+    if getattr(net, "pooler", None) is not None:
+        net.pooler = None  # its output is not used; left in, its weights would never get a gradient
+    if grad_checkpointing:
+        net.gradient_checkpointing_enable()
+    mean, std = (card.mean, card.std) if card else _normalization(source, hub)
+    native = getattr(net.config, "image_size", image_size)
+    if native != image_size:
+        histofuse.log.info("%s: pretrained at %s px, fed %d px (data.image_size)", model, native, image_size)
+    backbone = _backbone_class()(net, mean, std, pool or (card.pool if card else "cls"))
+    backbone.foundation_model = card is not None
+    backbone.weights_report = report
+    return backbone
+
+
+def _normalization(source: str, hub: dict) -> tuple[tuple, tuple]:
+    """The image processor's mean/std, ImageNet's when the model ships no preprocessor_config.json."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **hub)
+    if path is None:
+        histofuse.log.info("%s: no preprocessor_config.json; normalizing with ImageNet's mean/std", source)
+        return IMAGENET_MEAN, IMAGENET_STD
+    config = json.loads(Path(path).read_text())
+    return tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD))
+
+
+def block_groups(net) -> list[list]:
+    """Ordered parameter groups: what comes before the blocks, each block, what comes after.
+
+    The blocks are the longest ``ModuleList`` (``encoder.layer`` in DINOv2, ``layers`` in ViT).
+    """
+    from torch import nn
+
+    lists = [(name, module) for name, module in net.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        return [list(net.parameters())]
+    prefix, blocks = max(lists, key=lambda item: len(item[1]))
+    groups: list[list] = [[] for _ in range(len(blocks) + 2)]
+    seen_block = False
+    for name, parameter in net.named_parameters():
+        if name.startswith(prefix + "."):
+            seen_block = True
+            groups[1 + int(name[len(prefix) + 1:].split(".", 1)[0])].append(parameter)
+        else:
+            groups[-1 if seen_block else 0].append(parameter)
+    return [group for group in groups if group]
+
+
+@functools.cache
+def _backbone_class():
+    import torch
+    from torch import nn
+
+    class TransformersBackbone(nn.Module):
+        """A transformers vision encoder; its sequence is [class token, register tokens, patch tokens]."""
+
+        def __init__(self, net, mean, std, pool: str):
+            super().__init__()
+            self.net = net
+            self.mean = tuple(mean)
+            self.std = tuple(std)
+            self.pool = pool
+            width = int(net.config.hidden_size)
+            self.prefix_tokens = 1 + int(getattr(net.config, "num_register_tokens", 0) or 0)
+            self.num_features = 2 * width if pool == "cls+mean" else width
+            self.token_features = width
+            # ViT needs to be told to resample its position embedding for other sizes; DINOv2 always does.
+            accepts = inspect.signature(net.forward).parameters
+            self.call = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in accepts else {}
+
+        def _sequence(self, x):
+            return self.net(pixel_values=x, **self.call).last_hidden_state
+
+        def forward(self, x):
+            tokens = self._sequence(x)
+            patches = tokens[:, self.prefix_tokens:].mean(1)
+            if self.pool == "mean":
+                return patches
+            if self.pool == "cls":
+                return tokens[:, 0]
+            return torch.cat([tokens[:, 0], patches], dim=1)
+
+        def forward_tokens(self, x):
+            tokens = self._sequence(x)
+            return torch.cat([tokens[:, :1], tokens[:, self.prefix_tokens:]], dim=1) if self.prefix_tokens > 1 else tokens
+
+        def export_state_dict(self):
+            return self.net.state_dict()
+
+        def parameter_groups(self):
+            return block_groups(self.net)
+
+    return TransformersBackbone
+
+
+@histofuse.hookimpl
+def register_backbones():
+    return [
+        histofuse.BackboneSpec(
+            name="transformers",
+            build=build_transformers_backbone,
+            description=f"a transformers AutoModel vision encoder: ORG/NAME or local-dir:PATH (needs {INSTALL})",
+            options=TransformersOptions,
+        )
+    ]
+
+
+@histofuse.hookimpl
+def validate_recipe(recipe):
+    problems = []
+    for i, backbone in enumerate(recipe.model.backbones):
+        if backbone.source == "transformers":
+            problem = check_model_name(backbone.model, backbone.pretrained)
+            if problem:
+                problems.append(f"model.backbones[{i}].model: {problem}")
+    return problems
