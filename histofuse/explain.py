@@ -47,7 +47,8 @@ def branch_heatmaps(model: nn.Module, x: torch.Tensor, target: int) -> dict[str,
     for name, backbone in model.backbones.items():
         net = getattr(backbone, "net", backbone)
         if is_vision_transformer(net):
-            heatmaps[name] = ("attention rollout", attention_rollout(net, model.normalize[name](x)))
+            inputs = model.normalize[name](x).to(next(net.parameters()).dtype)  # a frozen backbone may hold bfloat16
+            heatmaps[name] = ("attention rollout", attention_rollout(net, inputs))
         else:
             heatmaps[name] = ("grad-cam", grad_cam(model, conv_layer(net), x, target))
     return heatmaps
@@ -84,7 +85,7 @@ def attention_rollout(vit: nn.Module, x: torch.Tensor, keep: float = 1.0) -> np.
     for block in vit.blocks:
         fused.append(block.attn.fused_attn)
         block.attn.fused_attn = False  # the fused kernel never materialises the attention matrix
-        hooks.append(block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach())))
+        hooks.append(block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float())))
     try:
         with torch.no_grad():
             vit.forward_features(x)

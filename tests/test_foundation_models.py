@@ -297,9 +297,22 @@ def test_a_probe_keeps_its_foundation_model_in_bfloat16(tmp_path, tiny_recipe_di
     result = run_cli(["run", str(write_toml(tmp_path / "probe.toml", raw)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     assert "cached features of" in result.output
-    with safe_open(only_run_dir(tmp_path / "runs") / "model.safetensors", "pt") as weights:
+    run_dir = only_run_dir(tmp_path / "runs")
+    with safe_open(run_dir / "model.safetensors", "pt") as weights:
         dtypes = {weights.get_tensor(k).dtype for k in weights.keys() if k.startswith("backbones.fm.")}
     assert dtypes == {torch.bfloat16}
+    # The finished run explains itself: attention rollout through the bfloat16 blocks, registers left out.
+    image = sorted(Path(raw["data"]["root"]).rglob("*.png"))[0]
+    result = run_cli(["explain", str(run_dir), str(image), "--out", str(tmp_path / "explained")])
+    assert result.exit_code == 0, result.output
+    assert "fm (attention rollout)" in result.output
+    assert (tmp_path / "explained" / f"{image.stem}_fm.png").is_file()
+    # ONNX Runtime runs no bfloat16 convolution on the CPU: the file holds the same weights as float32.
+    pytest.importorskip("onnxruntime")
+    result = run_cli(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["weights"] == "bfloat16 weights of fm stored as float32 (same values)" and sidecar["max_abs_diff"] <= 1e-4
 
 
 def test_every_preset_in_the_plugin_has_a_card_test():
