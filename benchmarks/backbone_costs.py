@@ -3,7 +3,7 @@ and the memory of a frozen forward pass at batch 32 in bfloat16.
 
 Parameters and FLOPs are counted on the meta device at full size (torch's FlopCounterMode, one 224-px
 image; 1 multiply-add = 2 FLOPs). Memory is weights (parameters x 2 bytes) plus the activation peak,
-measured: a process builds the model's first two blocks at full width in bfloat16 and records its
+measured: a process builds the model's first two blocks at full width in bfloat16 (a CNN whole) and records its
 peak resident memory across a no-grad forward of 32 images (a frozen forward frees each block's
 activations before the next, so the peak does not grow with depth). Ratios are to ViT-B/16.
 
@@ -45,7 +45,6 @@ def specs() -> dict[str, dict]:
 def build(spec: dict, depth: int | None = None):
     """The architecture at full size, or its first ``depth`` blocks."""
     import timm
-    import torch
 
     if spec["family"] == "transformers":
         import transformers
@@ -56,16 +55,13 @@ def build(spec: dict, depth: int | None = None):
     from histofuse_builtins.backbones_timm import _creation_args
     from histofuse_builtins.foundation_models import PRESETS
 
-    card = PRESETS.get(spec.get("card", ""))
-    kwargs = _creation_args({**spec["args"], **({"depth": depth} if depth else {})}, card)
+    kwargs = _creation_args({**spec["args"], **({"depth": depth} if depth else {})}, PRESETS.get(spec.get("card", "")))
     kwargs.pop("num_classes", None)
-    if depth and "depth" not in kwargs:
-        kwargs["depth"] = depth
-    return timm.create_model(spec["arch"], pretrained=False, num_classes=0, **kwargs).to(torch.float32)
+    return timm.create_model(spec["arch"], pretrained=False, num_classes=0, **kwargs)
 
 
-def counts(spec: dict) -> tuple[float, float, int]:
-    """(parameters in millions, GFLOPs per 224-px image, blocks)."""
+def counts(spec: dict) -> tuple[float, float]:
+    """(parameters in millions, GFLOPs per 224-px image)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -74,8 +70,7 @@ def counts(spec: dict) -> tuple[float, float, int]:
         x = torch.rand(1, 3, 224, 224)
     with FlopCounterMode(display=False) as flops, torch.no_grad():
         net(pixel_values=x) if spec["family"] == "transformers" else net(x)
-    blocks = len(getattr(net, "blocks", None) or getattr(net, "stages", None) or net.config.num_hidden_layers * [0])
-    return sum(p.numel() for p in net.parameters()) / 1e6, flops.get_total_flops() / 1e9, blocks
+    return sum(p.numel() for p in net.parameters()) / 1e6, flops.get_total_flops() / 1e9
 
 
 def activation_peak(name: str, batch: int) -> float:
@@ -84,8 +79,10 @@ def activation_peak(name: str, batch: int) -> float:
 
     spec = specs()[name]
     convolutional = spec["family"] == "timm" and "efficientnet" in spec["arch"]
-    net = (build(spec) if convolutional else build(spec, depth=2)).to(torch.bfloat16).eval()
-    x = torch.rand(batch, 3, 224, 224, dtype=torch.bfloat16)
+    # Built in bfloat16 from the start: a float32 copy would already have raised the peak being measured.
+    torch.set_default_dtype(torch.bfloat16)
+    net = (build(spec) if convolutional else build(spec, depth=2)).eval()
+    x = torch.rand(batch, 3, 224, 224)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
         net(pixel_values=x) if spec["family"] == "transformers" else net(x)
@@ -105,7 +102,7 @@ def main() -> None:
 
     rows = {}
     for name, spec in specs().items():
-        params, gflops, _ = counts(spec)
+        params, gflops = counts(spec)
         peak = None
         if not args.no_memory:
             done = subprocess.run([sys.executable, __file__, "--peak-of", name, "--batch", str(args.batch)],
@@ -113,9 +110,9 @@ def main() -> None:
             peak = json.loads(done.stdout.strip().splitlines()[-1])
         rows[name] = (params, gflops, peak)
     base = rows[BASELINE]
-    print(f"# Backbone costs: parameters and GFLOPs at full size (meta device, one 224-px image, 1 MAC = 2 FLOPs);")
+    print("# Backbone costs: parameters and GFLOPs at full size (meta device, one 224-px image, 1 MAC = 2 FLOPs);")
     print(f"# frozen forward at batch {args.batch} in bfloat16 = weights (2 bytes/parameter) + measured activation peak")
-    print(f"# (first two blocks at full width, peak RSS on this CPU); ratios to {BASELINE}")
+    print(f"# (first two blocks at full width built in bfloat16, peak RSS on this CPU); ratios to {BASELINE}")
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print()
     print(f"{'backbone':>28} {'params M':>9} {'GFLOPs':>8} {'x params':>8} {'x FLOPs':>8} {'weights GiB':>11} "

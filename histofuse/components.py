@@ -26,7 +26,10 @@ class BackboneSpec:
     where ``token_features`` defaults to ``num_features`` (a backbone whose pooled
     embedding concatenates several tokens sets it to one token's width).
     Optional: ``export_state_dict()`` (weights in the family's own names, for
-    ``histofuse weights export``) and ``weights_report`` (what loading a file did).
+    ``histofuse weights export``), ``weights_report`` (what loading a file did),
+    ``foundation_model`` (True: a head-only phase without augmentation caches its
+    features unless the recipe says otherwise), and ``attention_maps(x)`` with
+    ``prefix_tokens`` (each block's attention, for attention rollout in ``explain``).
     """
 
     name: str

@@ -46,8 +46,12 @@ def branch_heatmaps(model: nn.Module, x: torch.Tensor, target: int) -> dict[str,
     heatmaps = {}
     for name, backbone in model.backbones.items():
         net = getattr(backbone, "net", backbone)
-        if is_vision_transformer(net):
-            inputs = model.normalize[name](x).to(next(net.parameters()).dtype)  # a frozen backbone may hold bfloat16
+        inputs = model.normalize[name](x).to(next(net.parameters()).dtype)  # a frozen backbone may hold bfloat16
+        if hasattr(backbone, "attention_maps"):
+            with torch.no_grad():
+                attentions = [a.float() for a in backbone.attention_maps(inputs)]
+            heatmaps[name] = ("attention rollout", rollout(attentions, getattr(backbone, "prefix_tokens", 1)))
+        elif is_vision_transformer(net):
             heatmaps[name] = ("attention rollout", attention_rollout(net, inputs))
         else:
             heatmaps[name] = ("grad-cam", grad_cam(model, conv_layer(net), x, target))
@@ -75,10 +79,10 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int) -
 
     with torch.enable_grad():
         attribution = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
-    return _unit(attribution[0].sum(0).detach().numpy())
+    return _unit(attribution[0].sum(0).detach().float().numpy())
 
 
-def attention_rollout(vit: nn.Module, x: torch.Tensor, keep: float = 1.0) -> np.ndarray:
+def attention_rollout(vit: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Abnar & Zuidema (2020): head-averaged attention plus identity, multiplied through the blocks; CLS → patches."""
     captured: list[torch.Tensor] = []
     hooks, fused = [], []
@@ -94,14 +98,18 @@ def attention_rollout(vit: nn.Module, x: torch.Tensor, keep: float = 1.0) -> np.
             hook.remove()
         for block, was in zip(vit.blocks, fused):
             block.attn.fused_attn = was
-    rollout = None
-    for attention in captured:
+    return rollout(captured, getattr(vit, "num_prefix_tokens", 1))
+
+
+def rollout(attentions: list[torch.Tensor], prefix: int) -> np.ndarray:
+    """Class token → patches through every block; ``prefix`` tokens (class, registers) precede the patches."""
+    total = None
+    for attention in attentions:
         a = attention[0].mean(0)
         a = a + torch.eye(a.shape[-1])
         a = a / a.sum(-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout
-    prefix = getattr(vit, "num_prefix_tokens", 1)
-    patches = rollout[0, prefix:]
+        total = a if total is None else a @ total
+    patches = total[0, prefix:]
     side = int(round(patches.numel() ** 0.5))
     return _unit(patches[: side * side].reshape(side, side).numpy())
 

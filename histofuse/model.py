@@ -86,14 +86,12 @@ class HybridModel(nn.Module):
             inputs = self.normalize[name](x)
             run = backbone.forward_tokens if self.inputs == "tokens" else backbone
             low = self.weight_dtypes.get(name)
-            if low is not None:
-                inputs = inputs.to(low)
-            if is_frozen(backbone):
-                with torch.no_grad():
-                    features = run(inputs)
-            else:
-                features = run(inputs)
-            out.append(features.float() if low is not None else features)
+            if low is None:
+                out.append(_run(run, inputs, is_frozen(backbone)))
+                continue
+            # Weights and inputs already in their own dtype: autocast to another (fp16) would mix the two.
+            with torch.autocast(inputs.device.type, enabled=False):
+                out.append(_run(run, inputs.to(low), is_frozen(backbone)).float())
         return out
 
     def forward(self, x: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,6 +120,14 @@ class HybridModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         extra = list(self.magnification.parameters()) if self.magnification is not None else []
         return [*self.fusion.parameters(), *self.head.parameters(), *extra]
+
+
+def _run(run, inputs: torch.Tensor, frozen: bool) -> torch.Tensor:
+    # A backbone with no trainable parameter runs without building a graph.
+    if frozen:
+        with torch.no_grad():
+            return run(inputs)
+    return run(inputs)
 
 
 class MagnificationEmbedding(nn.Module):

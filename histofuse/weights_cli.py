@@ -11,24 +11,40 @@ from histofuse.errors import HistofuseError, WeightsError
 weights_app = typer.Typer(help="Check weights files against backbones; export a run's backbone weights.", no_args_is_help=True)
 
 
-def _split_backbone(text: str) -> tuple[str, str]:
-    source, _, model = text.rpartition(":")
-    return (source or "timm"), model
+def _split_backbone(text: str, families: list[str]) -> tuple[str, str]:
+    # "hf-hub:ORG/NAME" and "local-dir:PATH" are model names of the timm family, not families.
+    source, sep, model = text.partition(":")
+    return (source, model) if sep and source in families else ("timm", text)
+
+
+def _options(pairs: list[str]) -> dict:
+    from histofuse.recipe import parse_value
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise WeightsError(f"--option: expected KEY=VALUE (e.g. preset=uni2-h), got '{pair}'")
+        options[key.strip()] = parse_value(value.strip())
+    return options
 
 
 @weights_app.command("check")
 def check(
-    backbone: str = typer.Argument(..., help="[SOURCE:]MODEL, e.g. tf_efficientnetv2_s or timm:vit_base_patch16_224."),
+    backbone: str = typer.Argument(..., help="[SOURCE:]MODEL, e.g. tf_efficientnetv2_s, timm:vit_base_patch16_224 or hf-hub:MahmoodLab/UNI2-h."),
     file: Path = typer.Argument(..., help="A .safetensors or PyTorch state-dict file."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Input size (ViT position embeddings depend on it)."),
+    option: list[str] = typer.Option([], "--option", help="KEY=VALUE for the family's options, e.g. preset=uni2-h (repeatable)."),
 ) -> None:
     """Tell whether FILE fits BACKBONE before a long run: loaded, missing and unexpected tensors, shape errors."""
     from histofuse.cli import console
+    from histofuse.recipe import validate_options
     from histofuse.registry import default_registry
 
-    source, model = _split_backbone(backbone)
-    spec = default_registry().get("backbone", source)
-    built = spec.build(model=model, pretrained=str(file), image_size=image_size)
+    registry = default_registry()
+    source, model = _split_backbone(backbone, registry.names("backbone"))
+    spec = registry.get("backbone", source)
+    built = spec.build(model=model, pretrained=str(file), image_size=image_size, **validate_options(spec, _options(option)))
     report = getattr(built, "weights_report", None)
     if report is None:
         raise WeightsError(f"backbone family '{source}' does not report on weights files")

@@ -96,30 +96,32 @@ def save_timm_folder(folder: Path, card: Card, shrink: dict) -> dict:
 
 
 TRANSFORMERS_CARDS = [
-    # Phikon: ViT-B/16 as transformers' ViTModel; Phikon-v2: ViT-L/16 as DINOv2.
+    # Phikon: ViT-B/16 (12 blocks) as transformers' ViTModel; Phikon-v2: ViT-L/16 (24 blocks) as DINOv2.
     ("phikon", "owkin/phikon", "ViTConfig", {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}, 768),
     ("phikon-v2", "owkin/phikon-v2", "Dinov2Config", {"hidden_size": 1024, "num_attention_heads": 16, "layerscale_value": 1e-5}, 1024),
 ]
+TRANSFORMERS_DEPTH = {"phikon": 12, "phikon-v2": 24}
+TRANSFORMERS_PARAMS = {"phikon": 86, "phikon-v2": 300}  # millions, as the cards report them
 
 
-def save_transformers_folder(folder: Path, config_class: str, args: dict) -> dict:
+def save_transformers_folder(folder: Path, config_class: str, args: dict, layers: int = 1, normalization=IMAGENET) -> dict:
     import transformers
 
     torch.manual_seed(0)
-    config = getattr(transformers, config_class)(image_size=224, patch_size=16, num_hidden_layers=1, **args)
+    config = getattr(transformers, config_class)(image_size=224, patch_size=16, num_hidden_layers=layers, **args)
     net = transformers.AutoModel.from_config(config)
     net.save_pretrained(folder)
-    mean, std = IMAGENET
+    mean, std = normalization
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std, "crop_size": 224}))
     return {k: v for k, v in net.state_dict().items() if not k.startswith("pooler.")}
 
 
-def fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """The Hugging Face cache's layout: refs/main names a snapshot holding the files."""
+def fill_hub_cache(cache: Path, repo_id: str, folder: Path, ref: str = "main") -> None:
+    """The Hugging Face cache's layout: refs/<branch or tag> names a snapshot holding the files."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     root = cache / f"models--{repo_id.replace('/', '--')}"
     (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
+    (root / "refs" / ref).write_text(commit)
     (root / "snapshots" / commit).mkdir(parents=True)
     for file in folder.iterdir():
         (root / "snapshots" / commit / file.name).symlink_to(file)

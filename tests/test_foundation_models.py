@@ -22,7 +22,18 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from hub_layout import CARD, IMAGENET, TIMM_CARDS, TRANSFORMERS_CARDS, Card, fill_hub_cache, save_timm_folder, save_transformers_folder
+from hub_layout import (
+    CARD,
+    IMAGENET,
+    TIMM_CARDS,
+    TRANSFORMERS_CARDS,
+    TRANSFORMERS_DEPTH,
+    TRANSFORMERS_PARAMS,
+    Card,
+    fill_hub_cache,
+    save_timm_folder,
+    save_transformers_folder,
+)
 from test_run import only_run_dir, run_cli
 
 import histofuse
@@ -150,9 +161,28 @@ def test_names_and_folders_are_checked_before_anything_is_built(tmp_path, tiny_r
         "MahmoodLab/UNI": "A Hugging Face Hub model is named hf-hub:ORG/NAME",
     }
     for name, words in cases.items():
-        recipe = parse_recipe(recipe_with(tiny_recipe_dict, {"model": name, "pretrained": True}))
-        problems = check_recipe(recipe, registry) + registry.pm.hook.validate_recipe(recipe=recipe)[0]
-        assert any(words in p for p in problems if isinstance(p, str)), (name, problems)
+        problems = check_recipe(parse_recipe(recipe_with(tiny_recipe_dict, {"model": name, "pretrained": True})), registry)
+        assert any("model.backbones[0].model: " in p and words in p for p in problems), (name, problems)
+
+
+def test_a_local_dir_under_home_is_found(tmp_path, monkeypatch, tiny_recipe_dict, registry):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = save_timm_folder(tmp_path / "models" / "uni", CARD["uni"], {"depth": 1})
+    raw = recipe_with(tiny_recipe_dict, {"model": "local-dir:~/models/uni", "pretrained": True, "options": {"depth": 1, "preset": "uni"}})
+    assert check_recipe(parse_recipe(raw), registry) == []
+    assert_matches_card(build_model(parse_recipe(raw), registry, 2), CARD["uni"], saved)
+
+
+def test_weights_check_takes_hub_names_and_options(tmp_path, hub_cache):
+    from safetensors.torch import save_file
+
+    card = CARD["virchow2"]
+    saved = save_timm_folder(tmp_path / "files", card, {"depth": 1})
+    fill_hub_cache(hub_cache, card.hub_id, tmp_path / "files")
+    save_file(saved, tmp_path / "trained.safetensors")
+    result = run_cli(["weights", "check", f"hf-hub:{card.hub_id}", str(tmp_path / "trained.safetensors"), "--option", "depth=1"])
+    assert result.exit_code == 0, result.output
+    assert f"fits timm:hf-hub:{card.hub_id}: loaded {len(saved)} tensors" in " ".join(result.output.split())
 
 
 # ---- the transformers family ----
@@ -168,6 +198,13 @@ def test_each_transformers_preset_loads_from_a_hub_folder(preset, hub_id, config
     model = build_model(recipe, registry, 2)
     card = Card(preset, hub_id, config_class, {}, pooled=width, tokens=1 + 14 * 14)
     assert_matches_card_transformers(model.backbones["fm"], card, saved)
+    # At full depth, on the meta device: the card's parameter count and one group per block.
+    config = json.loads((tmp_path / preset / "config.json").read_text())
+    (tmp_path / preset / "config.json").write_text(json.dumps({**config, "num_hidden_layers": TRANSFORMERS_DEPTH[preset]}))
+    with torch.device("meta"):
+        full = build_model(recipe, registry, 2, pretrained=False).backbones["fm"]
+    assert sum(p.numel() for p in full.parameters()) / 1e6 == pytest.approx(TRANSFORMERS_PARAMS[preset], rel=0.035)
+    assert len(full.parameter_groups()) == TRANSFORMERS_DEPTH[preset] + 2
 
 
 def assert_matches_card_transformers(fm, card: Card, saved: dict) -> None:
@@ -183,6 +220,31 @@ def assert_matches_card_transformers(fm, card: Card, saved: dict) -> None:
     groups = fm.parameter_groups()
     assert sum(len(g) for g in groups) == len(list(fm.parameters()))
     assert len(groups) == 3  # embeddings, the one block, the final norm
+
+
+def test_without_a_preset_the_image_processor_gives_mean_and_std(tmp_path):
+    pytest.importorskip("transformers")
+    from histofuse_builtins.backbones_transformers import build_transformers_backbone
+
+    folder = tmp_path / "own"
+    save_transformers_folder(folder, "ViTConfig", {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+                             normalization=((0.7, 0.6, 0.7), (0.2, 0.25, 0.15)))
+    fm = build_transformers_backbone(model=f"local-dir:{folder}", pretrained=True)
+    assert (fm.mean, fm.std) == ((0.7, 0.6, 0.7), (0.2, 0.25, 0.15)) and not fm.foundation_model
+
+
+def test_transformers_hub_revisions_and_offline_cache(tmp_path, hub_cache):
+    pytest.importorskip("transformers")
+    from histofuse_builtins.backbones_transformers import build_transformers_backbone
+
+    saved = save_transformers_folder(tmp_path / "files", *TRANSFORMERS_CARDS[0][2:4])
+    fill_hub_cache(hub_cache, "owkin/phikon", tmp_path / "files", ref="v1")
+    for name, options in (("owkin/phikon@v1", {}), ("hf-hub:owkin/phikon", {"revision": "v1"})):
+        fm = build_transformers_backbone(model=name, pretrained=True, **options)
+        assert fm.foundation_model and fm.num_features == 768
+        assert all(torch.equal(fm.export_state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(histofuse.WeightsError, match="could not get 'owkin/phikon-v2' .*HF_HUB_OFFLINE is set"):
+        build_transformers_backbone(model="owkin/phikon-v2", pretrained=True)
 
 
 def test_transformers_registers_are_left_out_of_tokens(registry, tmp_path):
@@ -205,19 +267,36 @@ def test_transformers_registers_are_left_out_of_tokens(registry, tmp_path):
 
 # ---- big backbones on small machines ----
 
-def test_grad_checkpointing_gives_the_same_gradients(tiny_recipe_dict, registry):
+def build_small(family: str, tmp_path: Path, checkpointing: bool):
     from histofuse_builtins.backbones_timm import build_timm_backbone
+    from histofuse_builtins.backbones_transformers import build_transformers_backbone
 
+    torch.manual_seed(0)
+    if family == "timm":
+        return build_timm_backbone(model="vit_small_patch16_224", image_size=32, depth=2, embed_dim=48, num_heads=2,
+                                   grad_checkpointing=checkpointing)
+    folder = tmp_path / "phikon-small"
+    if not folder.exists():
+        save_transformers_folder(folder, "ViTConfig", {"hidden_size": 48, "num_attention_heads": 2, "intermediate_size": 96}, layers=2)
+    return build_transformers_backbone(model=f"local-dir:{folder}", pretrained=True, image_size=32, grad_checkpointing=checkpointing)
+
+
+@pytest.mark.parametrize("family", ["timm", "transformers"])
+def test_grad_checkpointing_gives_the_same_gradients_above_frozen_layers(family, tmp_path):
+    """The input-side group frozen, as in a partial phase: the blocks above it get the same gradients either way."""
+    if family == "transformers":
+        pytest.importorskip("transformers")
     grads = []
     for checkpointing in (False, True):
-        torch.manual_seed(0)
-        backbone = build_timm_backbone(model="vit_small_patch16_224", image_size=32, depth=2, embed_dim=48, num_heads=2,
-                                       grad_checkpointing=checkpointing)
-        assert backbone.net.grad_checkpointing is checkpointing
-        torch.manual_seed(1)
+        backbone = build_small(family, tmp_path, checkpointing)
+        frozen, *trained = backbone.parameter_groups()
+        for parameter in frozen:
+            parameter.requires_grad_(False)
         backbone.train()
+        torch.manual_seed(1)
         backbone(torch.rand(2, 3, 32, 32)).square().sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in backbone.parameters()]))
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for group in trained[:-1] for p in group if p.ndim > 1)
+        grads.append(torch.cat([p.grad.flatten() for group in trained for p in group if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
@@ -239,6 +318,9 @@ def test_bfloat16_weights_halve_a_frozen_backbone_and_hand_on_float32(tiny_recip
     assert features[1].dtype == torch.float32
     assert torch.allclose(features[1], reference[1], atol=0.05, rtol=0.02)
     assert not torch.equal(features[1], reference[1])  # it did run in bfloat16
+    # Under another precision's autocast (fp16) the bfloat16 backbone keeps its own dtype.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert torch.equal(half.features(x)[1], features[1])
 
     raw["phases"].append({"name": "full", "epochs": 1, "unfreeze": "all", "lr": {"head": 1e-3, "backbone": 1e-4}})
     problems = check_recipe(parse_recipe(raw), registry)
@@ -366,3 +448,24 @@ def test_the_backbones_page_snippets_name_presets_and_its_cost_table_is_the_benc
     for name, params, gflops in table:
         counted = backbone_costs.counts(specs[name])
         assert (f"{counted[0]:.1f}", f"{counted[1]:.1f}") == (params, gflops), name
+
+
+def test_explain_covers_a_bfloat16_cnn_and_a_transformers_encoder(tmp_path, tiny_recipe_dict, registry):
+    pytest.importorskip("transformers")
+    from histofuse.explain import branch_heatmaps
+
+    folder = tmp_path / "vit"
+    save_transformers_folder(folder, "ViTConfig", {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}, layers=2)
+    raw = copy.deepcopy(tiny_recipe_dict)
+    raw["data"].update(image_size=64, resize=64)
+    raw["model"]["backbones"] = [
+        {"name": "cnn", "source": "timm", "model": "test_efficientnet", "dtype": "bfloat16"},
+        {"name": "hf", "source": "transformers", "model": f"local-dir:{folder}", "pretrained": True},
+    ]
+    raw["phases"] = [{"name": "head", "epochs": 1, "lr": {"head": 1e-3}, "augment": "none"}]
+    model = build_model(parse_recipe(raw), registry, 2).eval()
+    heatmaps = branch_heatmaps(model, torch.rand(1, 3, 64, 64), 1)
+    assert heatmaps["cnn"][0] == "grad-cam" and heatmaps["cnn"][1].dtype == "float32"
+    method, heat = heatmaps["hf"]
+    assert method == "attention rollout" and heat.shape == (4, 4)  # 64 px / 16 px patches, the class token left out
+    assert model.backbones["hf"].net.config._attn_implementation != "eager"  # put back after the rollout

@@ -97,23 +97,11 @@ def build_timm_backbone(
     *, model: str, pretrained: bool | str = False, image_size: int = 224, preset: str | None = None,
     pool: Pool | None = None, grad_checkpointing: bool = False, **options,
 ):
-    import timm
-
     problem = _check_model_name(model, pretrained)
     if problem:
         raise histofuse.WeightsError(problem)
     card = find_preset(model, "timm", preset)
-    kwargs = _creation_args(options, card)
-    try:
-        config = _hub_config(model) if split_source(model)[0] else None
-        if _fixed_input_size(model, config):
-            # ViT-style models bake the input size into their position embedding; timm resamples it on load.
-            kwargs["img_size"] = image_size
-        net = timm.create_model(model, pretrained=pretrained is True, num_classes=0, **kwargs)
-    except (TypeError, ValueError, histofuse.WeightsError):
-        raise
-    except Exception as exc:
-        raise histofuse.WeightsError(_load_failure(model, exc, card)) from exc
+    net = _create(model, pretrained, image_size, _creation_args(options, card), card)
     report = None
     if isinstance(pretrained, str):
         report = histofuse.load_weights_file(
@@ -128,30 +116,56 @@ def build_timm_backbone(
     native = cfg.get("input_size", (3, image_size, image_size))[-1]
     if native != image_size:
         histofuse.log.info("%s: pretrained at %d px, fed %d px (data.image_size)", model, native, image_size)
+    if card is not None:
+        histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
     backbone = _timm_backbone_class()(net, mean, std, pool or (card.pool if card else "model"))
     backbone.foundation_model = card is not None
     backbone.weights_report = report
     return backbone
 
 
-def _load_failure(model: str, exc: Exception, card) -> str:
-    scheme, ident = split_source(model)
-    detail = " ".join(str(exc).split())[:400]
-    if scheme == "local-dir":
-        from histofuse_builtins.foundation_models import PRESETS
+def _create(model: str, pretrained: bool | str, image_size: int, kwargs: dict, card):
+    """timm.create_model, with a Hub or folder failure said as such; a bad option stays the option's error."""
+    import timm
 
-        known = ", ".join(k for k, p in PRESETS.items() if p.family == "timm")
-        return (
-            f"the weights in '{ident}' do not fit the model its config.json describes ({type(exc).__name__}: "
-            f"{detail}). A model card that passes creation arguments in code needs them here too: name its preset "
-            f"(options.preset = one of {known}) or give them as options."
-        )
-    if scheme == "hf-hub":
-        return unreachable(ident, exc, card)
+    scheme, ident = split_source(model)
+    if scheme == "local-dir":
+        model = f"local-dir:{Path(ident).expanduser()}"  # timm does not expand ~
+    try:
+        config = _hub_config(model) if scheme else None
+    except OSError as exc:  # huggingface_hub's download, cache and gating errors are all OSErrors
+        raise histofuse.WeightsError(unreachable(ident, exc, card)) from exc
+    if _fixed_input_size(model, config):
+        # ViT-style models bake the input size into their position embedding; timm resamples it on load.
+        kwargs.setdefault("img_size", image_size)
+    try:
+        return timm.create_model(model, pretrained=pretrained is True, num_classes=0, **kwargs)
+    except RuntimeError as exc:  # timm: weights that do not fit, or no weights to download for this name
+        if pretrained is not True:
+            raise
+        raise histofuse.WeightsError(_does_not_fit(model, exc) if "loading state_dict" in str(exc) else _no_download(model, exc)) from exc
+    except OSError as exc:
+        if pretrained is not True:
+            raise
+        raise histofuse.WeightsError(unreachable(ident, exc, card) if scheme == "hf-hub" else _no_download(model, exc)) from exc
+
+
+def _does_not_fit(model: str, exc: Exception) -> str:
+    from histofuse_builtins.foundation_models import PRESETS
+
+    known = ", ".join(k for k, p in PRESETS.items() if p.family == "timm")
+    return (
+        f"the weights of '{model}' do not fit the model its config.json describes ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:400]}). A model card that passes creation arguments in code needs them here "
+        f"too: name its preset (options.preset = one of {known}) or give them as options."
+    )
+
+
+def _no_download(model: str, exc: Exception) -> str:
     return (
         f"could not load pretrained weights for timm model '{model}' from the Hugging Face Hub: "
-        f"{type(exc).__name__}: {detail}. On a machine without internet, download them elsewhere and set "
-        "pretrained = \"/path/to/weights.safetensors\" (or .pth), or set pretrained = false."
+        f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}. On a machine without internet, download them "
+        "elsewhere and set pretrained = \"/path/to/weights.safetensors\" (or .pth), or set pretrained = false."
     )
 
 
@@ -227,13 +241,15 @@ def _timm_backbone_class():
                 raise ValueError("this model's config pools nothing (global_pool = ''); set options.pool, e.g. 'cls'")
             self.num_features = 2 * width if pool == "cls+mean" else width
             self.token_features = width
+            # Swin-style models keep their feature map channels-last.
+            self.spatial_axes = (1, 2) if str(getattr(net, "output_fmt", "NCHW")) == "NHWC" else (2, 3)
 
         def forward(self, x):
             features = self.net.forward_features(x)
             if self.pool == "model":
                 return self.net.forward_head(features, pre_logits=True)
             if features.ndim == 4:
-                return features.mean((2, 3))
+                return features.mean(self.spatial_axes)
             patches = features[:, self.prefix_tokens:].mean(1)
             if self.pool == "mean":
                 return patches
@@ -245,7 +261,7 @@ def _timm_backbone_class():
             """(B, N, token_features): a CNN's feature map flattened to positions; a ViT's class and patch tokens."""
             features = self.net.forward_features(x)
             if features.ndim == 4:
-                return features.flatten(2).transpose(1, 2)
+                return features.flatten(1, 2) if self.spatial_axes == (1, 2) else features.flatten(2).transpose(1, 2)
             if self.prefix_tokens > self.class_tokens:
                 return torch.cat([features[:, : self.class_tokens], features[:, self.prefix_tokens:]], dim=1)
             return features

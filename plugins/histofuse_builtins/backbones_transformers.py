@@ -35,12 +35,13 @@ class TransformersOptions(BaseModel):
     )
 
 
-def _location(model: str) -> tuple[str, bool]:
-    """(what transformers loads from, whether it is a local folder)."""
+def _location(model: str, revision: str | None) -> tuple[str, dict]:
+    """(what transformers loads from, the Hub keywords: a revision, from options or an @ suffix)."""
     scheme, ident = split_source(model)
     if scheme == "local-dir":
-        return str(Path(ident).expanduser()), True
-    return ident, False
+        return str(Path(ident).expanduser()), {}
+    repo, _, suffix = ident.partition("@")
+    return repo, {"revision": revision or suffix or None}
 
 
 def check_model_name(model: str, pretrained: bool | str) -> str | None:
@@ -52,8 +53,8 @@ def check_model_name(model: str, pretrained: bool | str) -> str | None:
     if scheme is None:
         if "/" not in model:
             return f"'{model}' is not a Hub model id; write ORG/NAME (e.g. owkin/phikon-v2) or local-dir:PATH"
-        return check_source(f"hf-hub:{model}", pretrained)
-    return check_source(model, pretrained)
+        return check_source(f"hf-hub:{model}", pretrained, sharded=True)
+    return check_source(model, pretrained, sharded=True)
 
 
 def build_transformers_backbone(
@@ -64,19 +65,12 @@ def build_transformers_backbone(
     problem = check_model_name(model, pretrained)
     if problem:
         raise histofuse.WeightsError(problem)
-    from transformers import AutoConfig, AutoModel
-
-    card = find_preset(model.removeprefix("hf-hub:"), "transformers", preset)
-    source, local = _location(model)
-    hub = {} if local else {"revision": revision}
-    try:
-        if pretrained is True:
-            net = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
-        else:
-            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
-            net = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise histofuse.WeightsError(unreachable(source, exc, card)) from exc
+    source, hub = _location(model, revision)
+    card = find_preset(source if hub else model, "transformers", preset)
+    net = _load(source, hub, pretrained is True, trust_remote_code, card)
+    if not isinstance(getattr(net.config, "hidden_size", None), int):
+        raise ValueError(f"'{model}' is a {type(net).__name__}: the transformers family takes ViT/DINOv2-style encoders, "
+                         "whose output is a sequence of tokens of width config.hidden_size")
     report = None
     if isinstance(pretrained, str):
         report = histofuse.load_weights_file(net, Path(pretrained))
@@ -84,15 +78,33 @@ def build_transformers_backbone(
     if getattr(net, "pooler", None) is not None:
         net.pooler = None  # its output is not used; left in, its weights would never get a gradient
     if grad_checkpointing:
-        net.gradient_checkpointing_enable()
+        # Re-entrant checkpointing passes no gradient to trained blocks above a frozen embedding.
+        if hasattr(net, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean, std = (card.mean, card.std) if card else _normalization(source, hub)
     native = getattr(net.config, "image_size", image_size)
     if native != image_size:
         histofuse.log.info("%s: pretrained at %s px, fed %d px (data.image_size)", model, native, image_size)
+    if card is not None:
+        histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
     backbone = _backbone_class()(net, mean, std, pool or (card.pool if card else "cls"))
     backbone.foundation_model = card is not None
     backbone.weights_report = report
     return backbone
+
+
+def _load(source: str, hub: dict, weights: bool, trust_remote_code: bool, card):
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        if weights:
+            return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
+        return AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except OSError as exc:  # transformers says "couldn't connect", "not in the cache" or "gated" as OSErrors
+        raise histofuse.WeightsError(unreachable(source, exc, card)) from exc
 
 
 def _normalization(source: str, hub: dict) -> tuple[tuple, tuple]:
@@ -166,6 +178,15 @@ def _backbone_class():
         def forward_tokens(self, x):
             tokens = self._sequence(x)
             return torch.cat([tokens[:, :1], tokens[:, self.prefix_tokens:]], dim=1) if self.prefix_tokens > 1 else tokens
+
+        def attention_maps(self, x):
+            """Each block's attention, (B, heads, N, N), for attention rollout; the fused kernel keeps none."""
+            implementation = self.net.config._attn_implementation
+            self.net.set_attn_implementation("eager")
+            try:
+                return list(self.net(pixel_values=x, output_attentions=True, **self.call).attentions)
+            finally:
+                self.net.set_attn_implementation(implementation)
 
         def export_state_dict(self):
             return self.net.state_dict()

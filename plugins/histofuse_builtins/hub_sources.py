@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Weights split over several files, with an index; transformers reads them, timm's local-dir: does not.
+SHARDED_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -24,22 +26,22 @@ def split_source(model: str) -> tuple[str | None, str]:
     return None, model
 
 
-def check_source(model: str, pretrained: bool | str) -> str | None:
+def check_source(model: str, pretrained: bool | str, sharded: bool = False) -> str | None:
     """A problem with a prefixed model name, said before anything is built; None when it looks usable."""
     scheme, ident = split_source(model)
     if scheme == "hf-hub" and not _REPO_ID.match(ident):
         return f"'{model}' is not a Hugging Face Hub model id; write hf-hub:ORG/NAME, e.g. hf-hub:MahmoodLab/UNI2-h"
     if scheme == "local-dir":
-        return check_model_folder(Path(ident).expanduser(), need_weights=pretrained is True)
+        return check_model_folder(Path(ident).expanduser(), need_weights=pretrained is True, sharded=sharded)
     return None
 
 
-def check_model_folder(folder: Path, need_weights: bool) -> str | None:
+def check_model_folder(folder: Path, need_weights: bool, sharded: bool = False) -> str | None:
     if not folder.is_dir():
         return f"model folder '{folder}' does not exist; it should hold config.json and {' or '.join(WEIGHT_FILES)}"
     if not (folder / "config.json").is_file():
         return f"model folder '{folder}' has no config.json (the Hub's layout: config.json beside {WEIGHT_FILES[0]})"
-    if need_weights and not any((folder / name).is_file() for name in WEIGHT_FILES):
+    if need_weights and not any((folder / name).is_file() for name in WEIGHT_FILES + (SHARDED_INDEXES if sharded else ())):
         return f"model folder '{folder}' has config.json but no weights: put {' or '.join(WEIGHT_FILES)} beside it"
     return None
 
