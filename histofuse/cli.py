@@ -70,6 +70,7 @@ def _registry():
 def _load(recipe_path: Path, overrides: Optional[List[str]]):
     """Parse, cross-check and dry-build a recipe; raise one RecipeError listing every problem."""
     from histofuse.errors import RecipeError
+    from histofuse.contracts import check_contracts
     from histofuse.recipe import check_recipe, load_recipe
     from histofuse.summary import check_model
 
@@ -79,6 +80,8 @@ def _load(recipe_path: Path, overrides: Optional[List[str]]):
     if problems:
         raise RecipeError(str(recipe_path), problems)
     problems, model = check_model(recipe, registry)
+    if not problems:
+        problems = check_contracts(recipe, registry, model)
     if problems:
         raise RecipeError(str(recipe_path), problems)
     return recipe, registry, model

@@ -239,7 +239,9 @@ def _timm_backbone_class():
                 raise ValueError(f"pool = '{pool}' needs a transformer with a class token; this model has none")
             if pool == "model" and getattr(net, "global_pool", None) == "":
                 raise ValueError("this model's config pools nothing (global_pool = ''); set options.pool, e.g. 'cls'")
-            self.num_features = 2 * width if pool == "cls+mean" else width
+            # Some heads pool into a wider hidden layer first (EfficientViT, MambaOut): pre_logits is that wide.
+            pooled = int(getattr(net, "head_hidden_size", None) or width) if pool == "model" else width
+            self.num_features = 2 * width if pool == "cls+mean" else pooled
             self.token_features = width
             # Swin-style models keep their feature map channels-last.
             self.spatial_axes = (1, 2) if str(getattr(net, "output_fmt", "NCHW")) == "NHWC" else (2, 3)
