@@ -72,8 +72,10 @@ def _load(recipe_path: Path, overrides: Optional[List[str]]):
     from histofuse.errors import RecipeError
     from histofuse.contracts import check_contracts
     from histofuse.recipe import check_recipe, load_recipe
+    from histofuse.recipe_files import resolve_recipe
     from histofuse.summary import check_model
 
+    recipe_path = resolve_recipe(recipe_path)  # a bare name (quickstart) is a shipped recipe
     recipe = load_recipe(recipe_path, overrides or [])
     registry = _registry()
     problems = check_recipe(recipe, registry)
@@ -89,7 +91,9 @@ def _load(recipe_path: Path, overrides: Optional[List[str]]):
 
 @app.command()
 def run(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe TOML file (omit with --resume)."),
+    recipe: Optional[Path] = typer.Argument(
+        None, help="Recipe TOML file, or a shipped recipe's name, e.g. quickstart (histofuse recipe list); omit with --resume."
+    ),
     set_: Optional[List[str]] = SetOption,
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help="Parent folder of the run directory."),
     resume: Optional[Path] = typer.Option(
@@ -423,7 +427,7 @@ def _images_to_check(target: str, root: Optional[Path], overrides, options):
 
 @recipe_app.command("check")
 def recipe_check(
-    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML file, or a shipped recipe's name (histofuse recipe list)."),
     set_: Optional[List[str]] = SetOption,
     show_toml: bool = typer.Option(False, "--show-toml", help="Also print the resolved recipe, defaults filled in."),
 ) -> None:
@@ -437,6 +441,30 @@ def recipe_check(
     console.print(f"[green]ok[/]: {escape(str(recipe))} is valid")
     if show_toml:
         console.print(recipe_to_toml(parsed), markup=False, highlight=False)
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """List the recipes shipped with histofuse: run one by name (histofuse run quickstart) or copy it to edit."""
+    from histofuse.recipe_files import packaged_recipes
+
+    recipes = packaged_recipes()
+    width = max((len(r.name) for r in recipes), default=0)
+    for r in recipes:
+        console.print(f"{r.name:<{width}}  {r.description}", markup=False, highlight=False)
+
+
+@recipe_app.command("copy")
+def recipe_copy(
+    name: str = typer.Argument(..., help="A shipped recipe's name (histofuse recipe list)."),
+    dest: Optional[str] = typer.Argument(None, help="File or folder to write it to (default: ./NAME.toml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DEST if it exists."),
+) -> None:
+    """Write a shipped recipe to a file of your own, to edit and run."""
+    from histofuse.recipe_files import copy_recipe
+
+    target = copy_recipe(name, dest, force)
+    console.print(f"wrote {target}; run it with: histofuse run {target}", markup=False, highlight=False)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,10 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from histofuse.errors import RecipeError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class _Section(BaseModel):

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_toml
+import tomllib
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from conftest import write_toml
 from hub_layout import (
     CARD,
     IMAGENET,
