@@ -3,9 +3,12 @@
 Compares, on the same rendered H&E images in the same run:
   - histofuse's `reinhard` normalizer (float32 LAB on OpenCV's 8-bit scale, fused affine);
   - a plain float32 OpenCV implementation (uint8 LAB round trip, per-channel arithmetic);
+  - a fused float32 OpenCV implementation with no guards (float LAB, meanStdDev, one cv2.transform, back, one
+    convertScaleAbs): the method at the limit of OpenCV, the pace histofuse's guarded normalizer should keep;
   - torchstain's ReinhardNormalizer (numpy backend), installed only in a separate
     environment (see --torchstain-python);
-each against a float64 reference of the same algorithm (mean and max absolute difference).
+each against a float64 reference of the same algorithm (mean and max absolute difference). Rendered tiles at
+BreaKHis and BACH sizes, and the real BreaKHis images of ../shared/realdata where that folder exists.
 
 Rerun:
     python -m venv /tmp/torchstain-env && /tmp/torchstain-env/bin/pip install torchstain numpy opencv-python-headless
@@ -18,7 +21,6 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +45,24 @@ def plain_float32(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     src_mean, src_std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
     out = (lab - src_mean) / src_std * std.astype(np.float32) + mean.astype(np.float32)
     return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+_SCALE, _OFFSET = np.array([255 / 100, 1, 1]), np.array([0, 128, 128])
+
+
+def fused_float32(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    lab = cv2.cvtColor(rgb.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_RGB2LAB)
+    source_mean, source_std = (v.ravel() for v in cv2.meanStdDev(lab))
+    gain = std / (source_std * _SCALE)
+    shift = mean - (source_mean * _SCALE + _OFFSET) * gain
+    matrix = np.hstack([np.diag(gain), ((gain * _OFFSET + shift - _OFFSET) / _SCALE)[:, None]]).astype(np.float32)
+    return cv2.convertScaleAbs(cv2.cvtColor(cv2.transform(lab, matrix), cv2.COLOR_LAB2RGB), alpha=255)
+
+
+def real_images(limit: int = 40) -> list[np.ndarray]:
+    folder = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "breakhis_small"
+    paths = sorted(folder.rglob("*.png"))[:limit]
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
 
 
 def reference_float64(rgb: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -98,10 +118,13 @@ def main() -> None:
 
     print(f"# Reinhard normalization, one thread, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"# median images/s over {args.repeats} repeats (min-max); error vs float64 reference in grey levels\n")
-    print(f"{'size':>10} {'implementation':>16} {'images/s':>10} {'min-max':>15} {'x torchstain':>13} {'x plain':>8} {'mean err':>9} {'max err':>8}")
-    for width, height in ((700, 460), (2048, 1536)):
-        images = render_images(args.images, width, height)
-        target_images = render_images(4, width, height, seed=1)
+    print(f"{'images':>10} {'implementation':>16} {'images/s':>10} {'min-max':>15} {'x torchstain':>13} {'x plain':>8} "
+          f"{'x fused':>8} {'mean err':>9} {'max err':>8}")
+    sets = [(f"{w}x{h}", render_images(args.images, w, h), render_images(4, w, h, seed=1)) for w, h in ((700, 460), (2048, 1536))]
+    real = real_images()
+    if real:
+        sets.append((f"real {real[0].shape[1]}x{real[0].shape[0]}", real, real))
+    for label, images, target_images in sets:
         histofuse = Reinhard()
         histofuse.fit(target_images)
         mean, std = np.array(histofuse.mean), np.array(histofuse.std)
@@ -109,6 +132,7 @@ def main() -> None:
         rows = {
             "histofuse": timed(histofuse.transform, images, args.repeats),
             "plain float32": timed(lambda im: plain_float32(im, mean, std), images, args.repeats),
+            "fused float32": timed(lambda im: fused_float32(im, mean, std), images, args.repeats),
         }
         if args.torchstain_python:
             rows["torchstain"] = torchstain_run(args.torchstain_python, images, target_images[0], args.repeats)
@@ -117,12 +141,14 @@ def main() -> None:
             s = speed[name]
             vs_ts = f"{np.median(s) / np.median(speed['torchstain']):.2f}" if "torchstain" in speed else "n/a"
             vs_plain = f"{np.median(s) / np.median(speed['plain float32']):.2f}"
+            vs_fused = f"{np.median(s) / np.median(speed['fused float32']):.2f}"
             mean_err, max_err = errors(outputs, references)
             note = "*" if name == "torchstain" else ""
-            print(f"{width}x{height:<5} {name:>16} {np.median(s):10.1f} {s.min():7.1f}-{s.max():<7.1f} {vs_ts:>13} {vs_plain:>8} {mean_err:9.2f} {max_err:8.0f}{note}")
+            print(f"{label:>10} {name:>16} {np.median(s):10.1f} {s.min():7.1f}-{s.max():<7.1f} {vs_ts:>13} {vs_plain:>8} "
+                  f"{vs_fused:>8} {mean_err:9.2f} {max_err:8.0f}{note}")
     print("\n* torchstain converts RGB to LAB its own way and fits its target on one image, so part of its")
     print("  difference is a different colour space, not rounding.")
-    print(f"\nrerun: {sys.executable} benchmarks/reinhard.py --torchstain-python /tmp/torchstain-env/bin/python")
+    print("\nrerun: python benchmarks/reinhard.py --torchstain-python /tmp/torchstain-env/bin/python")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,27 @@ def test_paper_preset_needs_no_fitting(registry):
     normalizer = registry.get("normalizer", "reinhard").build(preset="breakhis_paper")
     assert normalizer.fitted and normalizer.state["mean"] == [180.8, 148.6, 116.5]
     assert normalizer.transform(tiles(1)[0]).shape == tiles(1)[0].shape
+
+
+def float64_reinhard(rgb: np.ndarray, mean, std) -> np.ndarray:
+    """The method in float64, written out: 8-bit-scale LAB statistics, the affine map, back to RGB, rounded."""
+    import cv2
+
+    scale, offset = np.array([255 / 100, 1, 1]), np.array([0, 128, 128])
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB).astype(np.float64) * scale + offset
+    source_mean, source_std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
+    mapped = ((lab - source_mean) / source_std * np.asarray(std) + np.asarray(mean) - offset) / scale
+    back = cv2.cvtColor(mapped.astype(np.float32), cv2.COLOR_LAB2RGB).astype(np.float64) * 255
+    return np.clip(np.round(back), 0, 255)
+
+
+def test_out_of_gamut_colours_saturate_like_the_float64_method(reinhard):
+    """A target far wider than the tile pushes colours past both ends of RGB: they clip to 0 and 255 exactly as the
+    float64 method's do, within one grey level everywhere."""
+    rng = np.random.default_rng(3)
+    tile = np.clip(rng.normal((190, 120, 170), 30, (48, 64, 3)), 0, 255).astype(np.uint8)
+    reinhard.load_state({"mean": [140.0, 170.0, 90.0], "std": [80.0, 40.0, 40.0]})
+    out = reinhard.transform(tile)
+    expected = float64_reinhard(tile, reinhard.mean, reinhard.std)
+    assert (expected == 0).sum() > 100 and (expected == 255).sum() > 100  # the case is really out of gamut
+    assert np.abs(out.astype(int) - expected).max() <= 1

