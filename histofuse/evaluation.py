@@ -177,8 +177,10 @@ def evaluate_frame(
         auc_ci95=bootstrap_auc_ci(labels, probs, groups, bootstrap, seed), ece=expected_calibration_error(labels, probs),
         failed_images=dict(result.failed), qc=qc_info, normalization=normalization,
     )
+    metrics["threshold_fitted_on"] = threshold_provenance(tta, normalize)
     metrics["per_patient"] = classification_metrics(*patient_level(labels, probs, groups), classes, threshold)
     metrics["per_patient"]["patients"] = int(len(np.unique(groups)))
+    metrics["per_patient"]["threshold_fitted_on"] = "the image-level threshold, applied to each patient's mean probability"
     for column in by:
         if column in rows:
             values = rows[column].astype(str).to_numpy()
@@ -400,6 +402,14 @@ class Evaluator:
         )
 
 
+def threshold_provenance(tta: str, normalize: bool) -> str:
+    """What a set's cut was locked on, in words: the validation split's images, under this set's TTA, never normalized."""
+    said = f"validation-split images, TTA {tta}, not stain-normalized"
+    if normalize:
+        said += " (this set is normalized: its scores may sit elsewhere than the cut assumes)"
+    return said
+
+
 def summary_line(m: dict) -> str:
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
@@ -416,7 +426,7 @@ def summary_line(m: dict) -> str:
         parts.append(f"colour-only AUC {fmt(m['color_baseline']['auc'])}")
     if m.get("qc"):
         parts.append(f"QC removed {m['qc']['removed']} of {m['qc']['checked']}")
-    parts.append(f"TTA {m['tta']}" + (", stain-normalized" if m["normalized"] else ""))
+    parts.append(f"TTA {m['tta']}" + (", stain-normalized (threshold from un-normalized validation images)" if m["normalized"] else ""))
     unchanged = sum(((m.get("normalization") or {}).get("unchanged") or {}).values())
     if unchanged:
         parts.append(f"{unchanged} tile(s) left unchanged by the normalizer")

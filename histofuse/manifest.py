@@ -54,7 +54,9 @@ INTENDED_USE = (
 LIMITATIONS = [
     "Trained and validated on one dataset's images and label definitions; performance on other sites, scanners, "
     "stains or magnifications is only known for the external sets listed under metrics.",
-    "The decision threshold was fixed on the validation split; it may not transfer to another population.",
+    "The decision threshold was fixed on the validation split's un-normalized images; it may not transfer to another "
+    "population, nor to a stain-normalized set, and patient-level figures apply that image-level cut to each "
+    "patient's mean probability (threshold_fitted_on in metrics.json).",
     "Image-level metrics on few patients are noisy: read the patient-bootstrap confidence intervals.",
 ]
 
@@ -65,6 +67,7 @@ def _headline(m: dict) -> dict:
     keys = ("n", "auc", "auc_ci95", "accuracy", "balanced_accuracy", "recall", "specificity", "f1", "ece", "threshold", "tta", "normalized")
     out = {k: m.get(k) for k in keys}
     out["patient_auc"] = m.get("per_patient", {}).get("auc")
+    out["colour_only_auc"] = (m.get("color_baseline") or {}).get("auc")  # the floor, beside every result
     return out
 
 
@@ -133,17 +136,18 @@ def model_card(manifest: dict) -> str:
         ) + ".",
         "",
         "## Results", "",
-        "| set | images | AUC (95% CI, patient bootstrap) | accuracy | sensitivity | specificity | patient AUC |",
-        "|---|---|---|---|---|---|---|",
+        "| set | images | AUC (95% CI, patient bootstrap) | colour-only AUC | accuracy | sensitivity | specificity | patient AUC |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in manifest["metrics"].items():
         if "error" in m:
-            lines.append(f"| {name} | failed: {m['error']} | | | | | |")
+            lines.append(f"| {name} | failed: {m['error']} | | | | | | |")
             continue
         ci = m.get("auc_ci95")
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
         lines.append(
-            f"| {name} | {m['n']} | {auc} | {_f(m['accuracy'])} | {_f(m['recall'])} | {_f(m['specificity'])} | {_f(m['patient_auc'])} |"
+            f"| {name} | {m['n']} | {auc} | {_f(m.get('colour_only_auc'))} | {_f(m['accuracy'])} | {_f(m['recall'])} "
+            f"| {_f(m['specificity'])} | {_f(m['patient_auc'])} |"
         )
     lines += [
         "", "## Intended use", "", manifest["intended_use"], "",

@@ -16,6 +16,7 @@ import pandas as pd
 from rich.table import Table
 
 from histofuse.calibration import softmax
+from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decoded_images
 from histofuse.metrics import classification_metrics
 from histofuse.recipe import Recipe, validate_options
@@ -36,10 +37,13 @@ def fit_normalizer(recipe: Recipe, registry, name: str, train: pd.DataFrame):
 
 
 def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame, sets: dict[str, pd.DataFrame], console) -> dict:
-    """{set: {method: {auc, accuracy, balanced_accuracy, images, unchanged}}} for method in none + the recipe's list;
-    ``unchanged`` ({reason: tiles}, normalizers only) counts tiles that went to the model unnormalized."""
+    """{set: {method: {auc, accuracy, balanced_accuracy, images, colour_only_auc, unchanged}}} for method in none + the
+    recipe's list; ``unchanged`` ({reason: tiles}, normalizers only) counts tiles that went to the model unnormalized;
+    ``colour_only_auc`` is the colour-only baseline (fitted on the raw training split) on the same images as the model
+    saw them, so a normalizer that helps the model only by matching colours shows as a rise of both."""
     calibration = evaluator.calibration("none")
     classes = evaluator.classes
+    baseline = ColorBaseline.from_json(evaluator.state.color_baseline) if evaluator.state.color_baseline else None
     result: dict[str, dict] = {name: {} for name in sets}
     for method in ["none", *recipe.evaluation.compare_normalizers]:
         normalizer = None
@@ -54,6 +58,9 @@ def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame
             metrics = classification_metrics(predictions.labels, probs, classes, calibration["threshold"])
             entry = {k: metrics[k] for k in ("auc", "accuracy", "balanced_accuracy")}
             entry["images"] = int(len(predictions.labels))
+            if baseline is not None and predictions.color is not None:
+                colour = baseline.predict_proba(predictions.color, len(classes))
+                entry["colour_only_auc"] = classification_metrics(predictions.labels, colour, classes)["auc"]
             if normalization is not None:
                 entry["unchanged"] = normalization["unchanged"]
             result[name][method] = entry
@@ -66,7 +73,8 @@ def save(run_dir: Path, comparison: dict) -> None:
 
 def comparison_table(comparison: dict) -> Table:
     methods = list(next(iter(comparison.values())))
-    table = Table(title="stain normalization side by side (AUC / accuracy, tiles left unchanged; no QC, no TTA; threshold from validation)")
+    table = Table(title="stain normalization side by side (AUC / accuracy, colour-only AUC, tiles left unchanged; no QC, no TTA; "
+                        "threshold from validation)")
     table.add_column("set")
     for method in methods:
         table.add_column(method, justify="right")
@@ -79,9 +87,12 @@ def comparison_table(comparison: dict) -> Table:
 
 
 def comparison_cell(entry: dict) -> str:
-    """AUC / accuracy, and how many tiles the normalizer left unchanged (that many were compared unnormalized)."""
+    """AUC / accuracy, the colour-only AUC on the same images, and how many tiles the normalizer left unchanged
+    (that many were compared unnormalized)."""
     auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
     cell = f"{auc} / {entry['accuracy']:.2f}"
+    if entry.get("colour_only_auc") is not None:
+        cell += f", colour-only {entry['colour_only_auc']:.3f}"
     if "unchanged" in entry:
         cell += f", {sum(entry['unchanged'].values())} unchanged"
     return cell

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from histofuse.metrics import classification_metrics, monitor_value
 
@@ -33,7 +34,13 @@ def test_multiclass_metrics_are_macro_averages():
     m = classification_metrics(labels, probs, ["a", "b", "c"])
     assert m["accuracy"] == 0.75
     assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
-    assert m["auc"] is not None and len(m["confusion_matrix"]) == 3
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    # One-vs-rest AUC per class, counting (positive, negative) pairs ranked right (ties half):
+    # a: 1 positive scored highest of all -> 3/3; b: its positive ties image 3 (predicted b, labelled c) -> 2.5/3;
+    # c: image 2 beats both negatives, image 3 ties both -> 3/4. Macro: their unweighted mean, 31/36.
+    assert [m["per_class"][c]["auc_ovr"] for c in "abc"] == pytest.approx([1.0, 5 / 6, 3 / 4])
+    assert m["auc"] == pytest.approx((1 + 5 / 6 + 3 / 4) / 3)  # not support-weighted (that would be 5/6)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
     assert m["per_class"]["c"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2, "auc_ovr": 0.75}
     assert m["per_class"]["b"]["precision"] == 0.5
     assert m["weighted"]["recall"] == pytest.approx(0.75)  # support-weighted recall is accuracy

@@ -65,6 +65,11 @@ def mutated_recipes(draw):
     return recipe
 
 
+def cells(table, column: int) -> list:
+    """The cells of one column of a rich Table, top to bottom."""
+    return list(table.columns[column].cells)
+
+
 def toml_or_none(recipe):
     try:
         return tomli_w.dumps(recipe)
@@ -98,9 +103,20 @@ def test_a_mutated_recipe_is_accepted_or_rejected_with_a_message(tmp_path_factor
     if problems:
         assert all(isinstance(p, str) and p.strip() for p in problems)
         return
-    # Accepted: everything training needs before its first step must hold.
-    for table in describe_recipe(parsed, registry, model):
-        assert table.row_count >= 0
+    # Accepted: everything training needs before its first step must hold, and `recipe check` describes all of it.
+    tables = describe_recipe(parsed, registry, model)
+    backbones = [b.name for b in parsed.model.backbones]
+    assert [t.row_count for t in tables] == [
+        1 + len(backbones) + 1,  # components: the dataset, each backbone, the fusion
+        len(backbones) + 1,  # sizes: each backbone, then fusion + head
+        len(parsed.phases),  # one row per phase
+        4,  # data: root, image size, split, batch size
+        1 + len(parsed.evaluate),  # evaluation: the test split, then each external set
+    ]
+    components, sizes, phases = tables[:3]
+    assert cells(components, 0) == ["data", *backbones, "fusion"] and cells(sizes, 0) == [*backbones, "fusion + head"]
+    assert cells(phases, 1) == [p.name for p in parsed.phases]
+    assert cells(phases, 2) == [str(p.epochs) for p in parsed.phases]
     assert parsed.phases and all(p.epochs >= 1 for p in parsed.phases)
     assert all(math.isfinite(v) for p in parsed.phases for v in (p.lr.head, p.lr.backbone))
     assert 0 < parsed.data.image_size and parsed.data.batch_size >= 1
