@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
-from histofuse_builtins.foundation_models import find_preset
-from histofuse_builtins.hub_sources import check_source, split_source, unreachable
+from histofuse_builtins.foundation_models import find_preset, finish, pool_tokens, without_registers
+from histofuse_builtins.hub_sources import check_source, name_problems, split_source, unreachable
 
 Pool = Literal["model", "cls", "mean", "cls+mean"]
 # timm's MLP layers by name, so that a TOML recipe can say what a model card passes as a class.
@@ -114,14 +114,8 @@ def build_timm_backbone(
     mean = tuple(card.mean if card else cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(card.std if card else cfg.get("std", (0.229, 0.224, 0.225)))
     native = cfg.get("input_size", (3, image_size, image_size))[-1]
-    if native != image_size:
-        histofuse.log.info("%s: pretrained at %d px, fed %d px (data.image_size)", model, native, image_size)
-    if card is not None:
-        histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
     backbone = _timm_backbone_class()(net, mean, std, pool or (card.pool if card else "model"))
-    backbone.foundation_model = card is not None
-    backbone.weights_report = report
-    return backbone
+    return finish(backbone, model, card, native, image_size, report)
 
 
 def _create(model: str, pretrained: bool | str, image_size: int, kwargs: dict, card):
@@ -215,7 +209,6 @@ def _classifier_prefix(net) -> str:
 @functools.cache
 def _timm_backbone_class():
     # Defined on first use so that importing this plugin (e.g. for `histofuse --help`) does not import torch.
-    import torch
     from timm.models import group_parameters
     from torch import nn
 
@@ -252,21 +245,14 @@ def _timm_backbone_class():
                 return self.net.forward_head(features, pre_logits=True)
             if features.ndim == 4:
                 return features.mean(self.spatial_axes)
-            patches = features[:, self.prefix_tokens:].mean(1)
-            if self.pool == "mean":
-                return patches
-            if self.pool == "cls":
-                return features[:, 0]
-            return torch.cat([features[:, 0], patches], dim=1)
+            return pool_tokens(features, self.prefix_tokens, self.pool)
 
         def forward_tokens(self, x):
             """(B, N, token_features): a CNN's feature map flattened to positions; a ViT's class and patch tokens."""
             features = self.net.forward_features(x)
             if features.ndim == 4:
                 return features.flatten(1, 2) if self.spatial_axes == (1, 2) else features.flatten(2).transpose(1, 2)
-            if self.prefix_tokens > self.class_tokens:
-                return torch.cat([features[:, : self.class_tokens], features[:, self.prefix_tokens:]], dim=1)
-            return features
+            return without_registers(features, self.class_tokens, self.prefix_tokens)
 
         def export_state_dict(self):
             """The weights in timm's own names, loadable with pretrained = "file" or timm itself."""
@@ -294,10 +280,4 @@ def register_backbones():
 
 @histofuse.hookimpl
 def validate_recipe(recipe):
-    problems = []
-    for i, backbone in enumerate(recipe.model.backbones):
-        if backbone.source == "timm":
-            problem = _check_model_name(backbone.model, backbone.pretrained)
-            if problem:
-                problems.append(f"model.backbones[{i}].model: {problem}")
-    return problems
+    return name_problems(recipe, "timm", _check_model_name)

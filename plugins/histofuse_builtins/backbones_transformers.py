@@ -18,8 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import histofuse
-from histofuse_builtins.foundation_models import IMAGENET_MEAN, IMAGENET_STD, find_preset
-from histofuse_builtins.hub_sources import check_source, split_source, unreachable
+from histofuse_builtins.foundation_models import IMAGENET_MEAN, IMAGENET_STD, find_preset, finish, pool_tokens, without_registers
+from histofuse_builtins.hub_sources import check_source, name_problems, split_source, unreachable
 
 INSTALL = "pip install 'histofuse[transformers]'"
 
@@ -84,15 +84,8 @@ def build_transformers_backbone(
         else:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean, std = (card.mean, card.std) if card else _normalization(source, hub)
-    native = getattr(net.config, "image_size", image_size)
-    if native != image_size:
-        histofuse.log.info("%s: pretrained at %s px, fed %d px (data.image_size)", model, native, image_size)
-    if card is not None:
-        histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
     backbone = _backbone_class()(net, mean, std, pool or (card.pool if card else "cls"))
-    backbone.foundation_model = card is not None
-    backbone.weights_report = report
-    return backbone
+    return finish(backbone, model, card, getattr(net.config, "image_size", image_size), image_size, report)
 
 
 def _load(source: str, hub: dict, weights: bool, trust_remote_code: bool, card):
@@ -143,7 +136,6 @@ def block_groups(net) -> list[list]:
 
 @functools.cache
 def _backbone_class():
-    import torch
     from torch import nn
 
     class TransformersBackbone(nn.Module):
@@ -167,17 +159,10 @@ def _backbone_class():
             return self.net(pixel_values=x, **self.call).last_hidden_state
 
         def forward(self, x):
-            tokens = self._sequence(x)
-            patches = tokens[:, self.prefix_tokens:].mean(1)
-            if self.pool == "mean":
-                return patches
-            if self.pool == "cls":
-                return tokens[:, 0]
-            return torch.cat([tokens[:, 0], patches], dim=1)
+            return pool_tokens(self._sequence(x), self.prefix_tokens, self.pool)
 
         def forward_tokens(self, x):
-            tokens = self._sequence(x)
-            return torch.cat([tokens[:, :1], tokens[:, self.prefix_tokens:]], dim=1) if self.prefix_tokens > 1 else tokens
+            return without_registers(self._sequence(x), 1, self.prefix_tokens)
 
         def attention_maps(self, x):
             """Each block's attention, (B, heads, N, N), for attention rollout; the fused kernel keeps none."""
@@ -211,10 +196,4 @@ def register_backbones():
 
 @histofuse.hookimpl
 def validate_recipe(recipe):
-    problems = []
-    for i, backbone in enumerate(recipe.model.backbones):
-        if backbone.source == "transformers":
-            problem = check_model_name(backbone.model, backbone.pretrained)
-            if problem:
-                problems.append(f"model.backbones[{i}].model: {problem}")
-    return problems
+    return name_problems(recipe, "transformers", check_model_name)

@@ -72,3 +72,36 @@ def find_preset(model: str, family: str, preset: str | None = None) -> Foundatio
     if scheme.lower() in ("hf-hub", "hf_hub"):
         return _BY_HUB_ID.get(ident.split("@", 1)[0].lower())
     return _BY_HUB_ID.get(model.lower())
+
+
+def pool_tokens(tokens, prefix_tokens: int, pool: str):
+    """A transformer's embedding from its [class, registers, patches] sequence: the class token, the mean of the
+    patch tokens, or both side by side."""
+    import torch
+
+    patches = tokens[:, prefix_tokens:].mean(1)
+    if pool == "mean":
+        return patches
+    if pool == "cls":
+        return tokens[:, 0]
+    return torch.cat([tokens[:, 0], patches], dim=1)
+
+
+def without_registers(tokens, class_tokens: int, prefix_tokens: int):
+    """The class token(s) and patch tokens; registers carry no position, so token fusions do not see them."""
+    import torch
+
+    if prefix_tokens > class_tokens:
+        return torch.cat([tokens[:, :class_tokens], tokens[:, prefix_tokens:]], dim=1)
+    return tokens
+
+
+def finish(backbone, model: str, card, native, image_size: int, report):
+    """Say how the model was pretrained against how it is fed, and mark what the core asks of a foundation model."""
+    if native != image_size:
+        histofuse.log.info("%s: pretrained at %s px, fed %d px (data.image_size)", model, native, image_size)
+    if card is not None:
+        histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
+    backbone.foundation_model = card is not None
+    backbone.weights_report = report
+    return backbone

@@ -71,3 +71,14 @@ def unreachable(repo_id: str, exc: BaseException, card=None) -> str:
         f"or (2) put its config.json and {' or '.join(WEIGHT_FILES)} in one folder and set "
         f'model = "local-dir:/that/folder"{preset}.'
     )
+
+
+def name_problems(recipe, source: str, check) -> list[str]:
+    """``check(model, pretrained)`` on every backbone of the family ``source``, as recipe problems."""
+    problems = []
+    for i, backbone in enumerate(recipe.model.backbones):
+        if backbone.source == source:
+            problem = check(backbone.model, backbone.pretrained)
+            if problem:
+                problems.append(f"model.backbones[{i}].model: {problem}")
+    return problems
