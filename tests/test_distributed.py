@@ -6,7 +6,6 @@ through HISTOFUSE_PLUGINS, the way a plugin in development is used without insta
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,47 +105,47 @@ def single_process_validation(run_dir: Path, state: dict) -> tuple[float, float]
     return classification_metrics(predictions.labels, predictions.probs, classes)["auc"], predictions.loss
 
 
-def test_a_run_killed_mid_phase_resumes_to_the_uninterrupted_result(tmp_path, data_root):
-    recipe = str(REPO / "recipes" / "quickstart.toml")
+# The shrunk quick start as shipped loads: two loader workers that persist across epochs, threads left to torch.
+WITH_WORKERS = [*SMALL, "--set", "data.num_workers=2"]
+
+
+def resume_env(**extra) -> dict:
+    return {k: v for k, v in histofuse_env(**extra).items() if k != "OMP_NUM_THREADS"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root) -> tuple[list[str], Path]:
     args = [
-        sys.executable, "-m", "histofuse", "run", recipe, "--set", f"data.root={data_root}", *SMALL,
-        "--set", "phases[0].epochs=1", "--set", "phases[1].epochs=4", "--set", "phases[2].epochs=1",
+        sys.executable, "-m", "histofuse", "run", str(REPO / "recipes" / "quickstart.toml"), "--set", f"data.root={data_root}",
+        *WITH_WORKERS, "--set", "phases[0].epochs=1", "--set", "phases[1].epochs=4", "--set", "phases[2].epochs=1",
         # Balanced accuracy barely moves on this tiny split, so with patience 0 the plateau scheduler cuts the
         # learning rate inside phase 2 and its state has to survive the resume.
         "--set", "training.monitor=val_balanced_accuracy", "--set", "training.plateau.patience=0",
     ]
-    reference = subprocess.run(
-        [*args, "--output-dir", str(tmp_path / "reference")], env=histofuse_env(), capture_output=True, text=True,
-        timeout=600, cwd=tmp_path,
-    )
+    out = tmp_path_factory.mktemp("uninterrupted")
+    reference = subprocess.run([*args, "--output-dir", str(out)], env=resume_env(), capture_output=True, text=True,
+                               timeout=600, cwd=out)
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    return args, run_dirs(out)[0]
 
-    # SIGKILL at the 2nd optimizer step of phase 2's third epoch: mid-epoch, mid-phase.
-    split = pd.read_csv(run_dirs(tmp_path / "reference")[0] / "split.csv")
-    steps_per_epoch = (split["split"] == "train").sum() // 8
-    killed = subprocess.run(
-        [*args, "--output-dir", str(tmp_path / "resumed")], env=histofuse_env(HISTOFUSE_PROBE_KILL=f"1:{2 * steps_per_epoch + 2}"),
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+
+def kill(args: list[str], out: Path, step: int) -> Path:
+    """The run directory of ``args`` killed with SIGKILL at optimizer step ``step`` of phase 2."""
+    killed = subprocess.run([*args, "--output-dir", str(out)], env=resume_env(HISTOFUSE_PROBE_KILL=f"1:{step}"),
+                            capture_output=True, text=True, timeout=600, cwd=out)
     assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
-    [run_dir] = run_dirs(tmp_path / "resumed")
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["epoch-0002", "epoch-0003"], checkpoints  # keep = 2, and epoch 4 was never finished
-    state = json.loads((run_dir / "checkpoints" / "epoch-0003" / "state.json").read_text())
-    assert (state["phase_index"], state["phase_epoch"], state["phase_done"]) == (1, 2, False)
+    [run_dir] = run_dirs(out)
+    return run_dir
 
-    # The latest checkpoint was damaged too (a disk error, a half-copied folder): resuming falls back to the one before.
-    weights = run_dir / "checkpoints" / "epoch-0003" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1000])
-    resumed = subprocess.run(
-        [sys.executable, "-m", "histofuse", "run", "--resume", str(run_dir)], env=histofuse_env(),
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+
+def resume(run_dir: Path) -> str:
+    resumed = subprocess.run([sys.executable, "-m", "histofuse", "run", "--resume", str(run_dir)], env=resume_env(),
+                             capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "checkpoint epoch-0003 is incomplete or corrupt (model.safetensors does not match its recorded SHA-256)" in resumed.stdout
-    assert "resuming phase 'partial' at its epoch 2 (run epoch 3)" in resumed.stdout
+    return resumed.stdout
 
-    expected_dir = run_dirs(tmp_path / "reference")[0]
+
+def assert_same_run(expected_dir: Path, run_dir: Path) -> None:
     expected, got = (load_file(str(d / "model.safetensors")) for d in (expected_dir, run_dir))
     assert expected.keys() == got.keys()
     for name in expected:
@@ -158,14 +157,45 @@ def test_a_run_killed_mid_phase_resumes_to_the_uninterrupted_result(tmp_path, da
     test = [json.loads((d / "metrics.json").read_text())["test"] for d in (expected_dir, run_dir)]
     for key in ("auc", "accuracy", "threshold", "best_epoch"):
         assert test[1][key] == pytest.approx(test[0][key], abs=1e-6), key
+
+
+def steps_per_epoch(run_dir: Path) -> int:
+    return int((pd.read_csv(run_dir / "split.csv")["split"] == "train").sum() // 8)
+
+
+@pytest.mark.xdist_group("resume")
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    args, expected_dir = uninterrupted
+    # The 2nd optimizer step of phase 2's third epoch: mid-epoch, mid-phase, loader workers busy.
+    run_dir = kill(args, tmp_path, 2 * steps_per_epoch(expected_dir) + 2)
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["epoch-0002", "epoch-0003"], checkpoints  # keep = 2, and epoch 4 was never finished
+    state = json.loads((run_dir / "checkpoints" / "epoch-0003" / "state.json").read_text())
+    assert (state["phase_index"], state["phase_epoch"], state["phase_done"]) == (1, 2, False)
+    # The latest checkpoint was damaged too (a disk error, a half-copied folder): resuming falls back to the one before.
+    weights = run_dir / "checkpoints" / "epoch-0003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    printed = resume(run_dir)
+    assert "checkpoint epoch-0003 is incomplete or corrupt (model.safetensors does not match its recorded SHA-256)" in printed
+    assert "resuming phase 'partial' at its epoch 2 (run epoch 3)" in printed
+    assert_same_run(expected_dir, run_dir)
     assert not (run_dir / "checkpoints").exists()  # a finished run keeps model.safetensors, not the checkpoints
 
     again = subprocess.run(
-        [sys.executable, "-m", "histofuse", "run", "--resume", str(run_dir)], env=histofuse_env(),
+        [sys.executable, "-m", "histofuse", "run", "--resume", str(run_dir)], env=resume_env(),
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert again.returncode != 0 and "nothing to resume" in again.stdout + again.stderr
-    shutil.rmtree(tmp_path / "reference")
+
+
+@pytest.mark.xdist_group("resume")
+def test_a_run_killed_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    args, expected_dir = uninterrupted
+    # The first step of phase 2's second epoch: its first epoch and checkpoint complete, nothing after them.
+    run_dir = kill(args, tmp_path, steps_per_epoch(expected_dir) + 1)
+    printed = resume(run_dir)
+    assert "resuming phase 'partial' at its epoch 2 (run epoch 3)" in printed
+    assert_same_run(expected_dir, run_dir)
 
 
 def test_two_processes_run_every_fold_of_a_cross_validation_together(tmp_path, data_root):

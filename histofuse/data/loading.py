@@ -137,6 +137,10 @@ def make_loader(
         drop_last=train and len(dataset) > batch_size,
         # Training reuses its workers every epoch; an evaluation loader is iterated once.
         persistent_workers=train and num_workers > 0,
+        # Creating an iterator draws the workers' base seed. From the global generator that draw would shift
+        # every dropout mask after it, and it happens only in the first epoch a process iterates (workers
+        # persist): a resumed run would draw it in another epoch than the uninterrupted one.
+        generator=torch.Generator().manual_seed(seed) if train else None,
         pin_memory=torch.cuda.is_available(),
         # Batches each worker keeps ready; torch's default is 2.
         prefetch_factor=(prefetch or 2) if num_workers > 0 else None,
