@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _results import Figures
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the Hub configs as published, shared with the tests
 
@@ -100,6 +102,7 @@ def main() -> None:
         return
     import torch
 
+    figures = Figures("backbone_costs")
     rows = {}
     for name, spec in specs().items():
         params, gflops = counts(spec)
@@ -119,11 +122,22 @@ def main() -> None:
           f"{'acts GiB':>9} {'frozen GiB':>10} {'x memory':>8}")
     base_memory = None if base[2] is None else base[0] * 2e6 / 2**30 + base[2] / 1024
     for name, (params, gflops, peak) in rows.items():
-        weights = params * 2e6 / 2**30
-        memory = "" if peak is None else f"{peak / 1024:>9.2f} {weights + peak / 1024:>10.2f} {(weights + peak / 1024) / base_memory:>8.2f}"
-        print(f"{name:>28} {params:>9.1f} {gflops:>8.1f} {params / base[0]:>8.2f} {gflops / base[1]:>8.2f} {weights:>11.2f} {memory}")
+        key = name.removesuffix(" (paper)")
+        figures.add(f"{key}.params_m", params, "M")
+        figures.add(f"{key}.gflops", gflops, "GFLOPs")
+        x_params = figures.add(f"{key}.x_params", params / base[0], "x")
+        x_flops = figures.add(f"{key}.x_flops", gflops / base[1], "x")
+        weights = figures.add(f"{key}.weights_gib", params * 2e6 / 2**30, "GiB")
+        memory = ""
+        if peak is not None:
+            acts = figures.add(f"{key}.acts_gib", peak / 1024, "GiB")
+            frozen = figures.add(f"{key}.frozen_gib", weights + acts, "GiB")
+            x_memory = figures.add(f"{key}.x_memory", frozen / base_memory, "x")
+            memory = f"{acts:>9.2f} {frozen:>10.2f} {x_memory:>8.2f}"
+        print(f"{name:>28} {params:>9.1f} {gflops:>8.1f} {x_params:>8.2f} {x_flops:>8.2f} {weights:>11.2f} {memory}")
     print()
-    print(f"rerun: python benchmarks/backbone_costs.py{' --no-memory' if args.no_memory else ''}")
+    print("rerun: bash benchmarks/run_all.sh backbone_costs")
+    figures.save()
 
 
 if __name__ == "__main__":

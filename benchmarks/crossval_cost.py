@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.toml"
 
@@ -66,14 +68,15 @@ def counting_store(shared: bool, counter: list[int]):
     return Counted
 
 
-def timed(label: str, work, counter: list[int]) -> tuple[float, int]:
+def timed(figures: Figures, key: str, label: str, work, counter: list[int]) -> tuple[float, int]:
     counter[0] = 0
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the runs' epoch lines; only the figures are printed
         work()
-    seconds = time.perf_counter() - start
-    print(f"{label:<44} {seconds:7.1f} s   {counter[0]:5d} images through the backbones", flush=True)
-    return seconds, counter[0]
+    seconds = figures.add(f"{key}.seconds", time.perf_counter() - start, "s")
+    images = figures.add(f"{key}.backbone_images", counter[0], "count")
+    print(f"{label:<44} {seconds:7.1f} s   {images:5d} images through the backbones", flush=True)
+    return seconds, images
 
 
 def main() -> None:
@@ -92,6 +95,7 @@ def main() -> None:
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
 
+    figures = Figures("crossval_cost_cnns" if args.backbones else "crossval_cost")
     registry = default_registry()
     quiet = Console(quiet=True)
     data = REPO / "data" / "synthetic"
@@ -104,20 +108,26 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # data generated, imports warm
             run_recipe(probe_recipe(data, 1, None, args.backbones), registry, Path(out) / "warm", quiet)
         # The denominator of every ratio: the median of three runs, so one slow run does not flatter the folds.
-        ones = [timed(f"one run (one patient split), {i + 1} of 3", lambda: run_recipe(
+        ones = [timed(figures, f"one_run.run{i + 1}", f"one run (one patient split), {i + 1} of 3", lambda: run_recipe(
             probe_recipe(data, args.epochs, None, args.backbones), registry, Path(out) / "one", quiet), counter)[0]
             for i in range(3)]
-        one = statistics.median(ones)
-        shared, shared_images = timed(f"{args.folds}-fold cross-validation, shared store", lambda: run_cross_validation(
-            probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "shared", quiet), counter)
+        one = figures.add("one_run.seconds", statistics.median(ones), "s")
+        shared, shared_images = timed(
+            figures, "shared", f"{args.folds}-fold cross-validation, shared store", lambda: run_cross_validation(
+                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "shared", quiet), counter)
         feature_cache.FeatureStore = counting_store(False, counter)
-        alone, alone_images = timed(f"{args.folds}-fold cross-validation, store per fold", lambda: run_cross_validation(
-            probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "alone", quiet), counter)
-    print(f"\ncross-validation / one run (median {one:.1f} s): shared store {shared / one:.2f}x, store per fold {alone / one:.2f}x "
-          f"(limit {args.folds}x); sharing saves {1 - shared / alone:.0%} of the time and "
-          f"{alone_images - shared_images} of {alone_images} backbone passes")
-    extra = f" --backbones {' '.join(args.backbones)}" if args.backbones else ""
-    print(f"rerun: python benchmarks/crossval_cost.py --folds {args.folds} --epochs {args.epochs}{extra}")
+        alone, alone_images = timed(
+            figures, "per_fold", f"{args.folds}-fold cross-validation, store per fold", lambda: run_cross_validation(
+                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "alone", quiet), counter)
+    shared_ratio = figures.add("shared.x_one_run", shared / one, "x")
+    alone_ratio = figures.add("per_fold.x_one_run", alone / one, "x")
+    saved = figures.add("shared.time_saved", 1 - shared / alone, "fraction")
+    passes_saved = figures.add("shared.backbone_images_saved", alone_images - shared_images, "count")
+    print(f"\ncross-validation / one run (median {one:.1f} s): shared store {shared_ratio:.2f}x, store per fold {alone_ratio:.2f}x "
+          f"(limit {args.folds}x); sharing saves {saved:.0%} of the time and "
+          f"{passes_saved} of {alone_images} backbone passes")
+    print(f"rerun: bash benchmarks/run_all.sh {figures.benchmark}")
+    figures.save()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from _results import Figures
+
 torch.set_num_threads(1)
 
 
@@ -23,6 +25,7 @@ def main(batch: int = 32, repeats: int = 30) -> None:
     from histofuse.registry import default_registry
 
     registry = default_registry()
+    figures = Figures("fusions")
     widths = [1280, 768]
     pooled = [torch.randn(batch, w) for w in widths]
     # At 224 x 224: EfficientNetV2-S ends in a 7 x 7 map, ViT-B/16 has 196 patch tokens + 1 class token.
@@ -43,8 +46,12 @@ def main(batch: int = 32, repeats: int = 30) -> None:
         results[name] = (sum(p.numel() for p in fusion.parameters()), np.array(times[3:]))
     base = np.median(results["concat"][1])
     for name, (params, t) in results.items():
-        print(f"{name:>16} {params / 1e6:11.2f}M {np.median(t):10.1f} {t.min():7.1f}-{t.max():<7.1f} {np.median(t) / base:9.2f}")
-    print("\nrerun: python benchmarks/fusions.py")
+        millions = figures.add(f"{name}.params_m", params / 1e6, "M")
+        median = figures.add(f"{name}.us_per_image", np.median(t), "us")
+        ratio = figures.add(f"{name}.x_concat", median / base, "x")
+        print(f"{name:>16} {millions:11.2f}M {median:10.1f} {t.min():7.1f}-{t.max():<7.1f} {ratio:9.2f}")
+    print("\nrerun: bash benchmarks/run_all.sh fusions")
+    figures.save()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +59,7 @@ def training_step(model, optimizer, x, y, autocast: bool):
     return step
 
 
-def phase1_vs_inference(batch: int, repeats: int) -> list[str]:
+def phase1_vs_inference(figures: Figures, batch: int, repeats: int) -> list[str]:
     from histofuse.model import apply_phase
 
     recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
@@ -69,12 +71,14 @@ def phase1_vs_inference(batch: int, repeats: int) -> list[str]:
     model.eval()
     with torch.no_grad():
         forward = median_seconds(lambda: model(x), repeats)
-    ratio = np.median(step) / np.median(forward)
-    return [f"phase-1 step (frozen backbones), batch {batch}: {np.median(step):.2f} s vs inference forward "
-            f"{np.median(forward):.2f} s -> {ratio:.3f}x (target <= 1.15x)"]
+    step = figures.add("phase1.step.seconds", np.median(step), "s")
+    forward = figures.add("phase1.inference.seconds", np.median(forward), "s")
+    ratio = figures.add("phase1.step_vs_inference", step / forward, "x")
+    return [f"phase-1 step (frozen backbones), batch {batch}: {step:.2f} s vs inference forward "
+            f"{forward:.2f} s -> {ratio:.3f}x (target <= 1.15x)"]
 
 
-def cached_features_epoch(images: int, batch: int) -> list[str]:
+def cached_features_epoch(figures: Figures, images: int, batch: int) -> list[str]:
     """A phase-1 epoch over ``images`` in-memory images (decoding excluded, which favours the uncached side)."""
     from histofuse.model import apply_phase
 
@@ -99,16 +103,22 @@ def cached_features_epoch(images: int, batch: int) -> list[str]:
         bank = [torch.cat(parts) for parts in zip(*(model.features(data[s : s + batch]) for s in range(0, images, batch)))]
     build_seconds = time.perf_counter() - started
     cached = median_seconds(lambda: epoch(lambda s: model.classify([f[s : s + batch] for f in bank])), 5)
-    return [f"phase-1 epoch, {images} images, batch {batch}: {np.median(uncached):.2f} s through the backbones vs "
-            f"{np.median(cached) * 1000:.1f} ms on cached features -> {np.median(uncached) / np.median(cached):.0f}x "
+    uncached, cached = np.median(uncached), np.median(cached)
+    figures.add("cached_features.backbones.seconds", uncached, "s")
+    figures.add("cached_features.cached.ms", cached * 1000, "ms")
+    speedup = figures.add("cached_features.speedup", uncached / cached, "x")
+    figures.add("cached_features.build.seconds", build_seconds, "s")
+    return [f"phase-1 epoch, {images} images, batch {batch}: {uncached:.2f} s through the backbones vs "
+            f"{cached * 1000:.1f} ms on cached features -> {speedup:.0f}x "
             f"(target >= 50x; computing the features once took {build_seconds:.1f} s)"]
 
 
-def bf16_channels_last_vs_fp32(batch: int, repeats: int) -> list[str]:
+def bf16_channels_last_vs_fp32(figures: Figures, batch: int, repeats: int) -> list[str]:
     from histofuse.model import apply_phase
 
     lines, results = [], {}
-    for name, autocast, channels_last in (("fp32", False, False), ("bf16 + channels-last", True, True)):
+    for name, key, autocast, channels_last in (("fp32", "fp32", False, False),
+                                               ("bf16 + channels-last", "bf16_channels_last", True, True)):
         recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
         plan = apply_phase(model, recipe.phases[-1])  # everything trains
         if channels_last:
@@ -116,15 +126,16 @@ def bf16_channels_last_vs_fp32(batch: int, repeats: int) -> list[str]:
         model.train()
         optimizer = torch.optim.AdamW(plan.param_groups)
         x, y = torch.rand(batch, 3, 224, 224), torch.randint(0, 2, (batch,))
-        results[name] = median_seconds(training_step(model, optimizer, x, y, autocast), repeats)
-        lines.append(f"full training step, batch {batch}, {name}: {np.median(results[name]):.2f} s "
-                     f"({batch / np.median(results[name]):.2f} images/s)")
-    lines.append(f"bf16 + channels-last speed-up: {np.median(results['fp32']) / np.median(results['bf16 + channels-last']):.2f}x "
-                 "(target >= 2.5x; needs a CPU with AVX-512-BF16/AMX)")
+        seconds = np.median(median_seconds(training_step(model, optimizer, x, y, autocast), repeats))
+        results[key] = figures.add(f"{key}.step.seconds", seconds, "s")
+        rate = figures.add(f"{key}.images_per_s", batch / seconds, "images/s")
+        lines.append(f"full training step, batch {batch}, {name}: {seconds:.2f} s ({rate:.2f} images/s)")
+    speedup = figures.add("bf16_channels_last.speedup", results["fp32"] / results["bf16_channels_last"], "x")
+    lines.append(f"bf16 + channels-last speed-up: {speedup:.2f}x (target >= 2.5x; needs a CPU with AVX-512-BF16/AMX)")
     return lines
 
 
-def tta_batched_vs_looped(repeats: int) -> list[str]:
+def tta_batched_vs_looped(figures: Figures, repeats: int) -> list[str]:
     from histofuse.tta import MODES, predict_logits, view
 
     _, model = build(REPO / "recipes" / "quickstart.toml", image_size=112)
@@ -138,17 +149,20 @@ def tta_batched_vs_looped(repeats: int) -> list[str]:
             return probs.log()
 
         with torch.no_grad():
-            batched = median_seconds(lambda: predict_logits(model, x, "d4"), repeats)
-            loop = median_seconds(looped, repeats)
-        lines.append(f"TTA d4, batch {batch:>2}: batched {np.median(batched) * 1000:.1f} ms, looped {np.median(loop) * 1000:.1f} ms "
-                     f"-> batched is {np.median(loop) / np.median(batched):.2f}x as fast")
+            batched = np.median(median_seconds(lambda: predict_logits(model, x, "d4"), repeats)) * 1000
+            loop = np.median(median_seconds(looped, repeats)) * 1000
+        figures.add(f"tta.batch{batch}.batched_ms", batched, "ms")
+        figures.add(f"tta.batch{batch}.looped_ms", loop, "ms")
+        speedup = figures.add(f"tta.batch{batch}.speedup", loop / batched, "x")
+        lines.append(f"TTA d4, batch {batch:>2}: batched {batched:.1f} ms, looped {loop:.1f} ms -> batched is {speedup:.2f}x as fast")
     return lines
 
 
-def help_time(repeats: int) -> list[str]:
+def help_time(figures: Figures, repeats: int) -> list[str]:
     times = median_seconds(lambda: subprocess.run([sys.executable, "-m", "histofuse", "--help"], check=True,
                                                   capture_output=True), repeats)
-    return [f"histofuse --help: {np.median(times):.2f} s (min {times.min():.2f}; target <= 0.5 s)"]
+    median = figures.add("help.seconds", np.median(times), "s")
+    return [f"histofuse --help: {median:.2f} s (min {times.min():.2f}; target <= 0.5 s)"]
 
 
 def main() -> None:
@@ -156,12 +170,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    figures = Figures("model_speed")
     print(f"# model speed, {torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} repeats")
-    for section in (phase1_vs_inference(args.batch, args.repeats), cached_features_epoch(4 * args.batch, args.batch),
-                    bf16_channels_last_vs_fp32(max(2, args.batch // 2), args.repeats),
-                    tta_batched_vs_looped(max(args.repeats, 5)), help_time(5)):
+    for section in (phase1_vs_inference(figures, args.batch, args.repeats),
+                    cached_features_epoch(figures, 4 * args.batch, args.batch),
+                    bf16_channels_last_vs_fp32(figures, max(2, args.batch // 2), args.repeats),
+                    tta_batched_vs_looped(figures, max(args.repeats, 5)), help_time(figures, 5)):
         print("\n".join(section))
-    print(f"\nrerun: {sys.executable} benchmarks/model_speed.py --batch {args.batch} --repeats {args.repeats}")
+    print("\nrerun: bash benchmarks/run_all.sh model_speed")
+    figures.save()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -93,10 +95,14 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="overhead-"))
     ours = histofuse_epochs(folder, args.epochs)  # also generates the data the bare loop reads
     bare = bare_epochs(folder, args.epochs)
+    figures = Figures("overhead")
+    bare = figures.add("bare.seconds_per_epoch", np.median(bare), "s")
+    ours = figures.add("histofuse.seconds_per_epoch", np.median(ours), "s")
+    ratio = figures.add("histofuse_vs_bare", ours / bare, "x")
     print(f"# seconds per epoch (train + validation), quick-start model and data, median of epochs 2..{args.epochs}")
-    print(f"bare Accelerate loop: {np.median(bare):.2f} s   histofuse run: {np.median(ours):.2f} s   "
-          f"-> {np.median(ours) / np.median(bare):.3f}x (target <= 1.05x)")
-    print(f"\nrerun: {sys.executable} benchmarks/overhead.py --epochs {args.epochs}")
+    print(f"bare Accelerate loop: {bare:.2f} s   histofuse run: {ours:.2f} s   -> {ratio:.3f}x (target <= 1.05x)")
+    print("\nrerun: bash benchmarks/run_all.sh overhead")
+    figures.save()
 
 
 if __name__ == "__main__":

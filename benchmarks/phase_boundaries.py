@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "realdata" / "breakhis_small"
 
@@ -105,12 +107,20 @@ def one_run(data: str, seed: int, setting: dict, root: Path) -> dict:
     }
 
 
+# one_run's results in the table's order, with the key and unit each is recorded under.
+COLUMNS = {
+    "val head": ("val_head_auc", "AUC"), "val partial": ("val_partial_auc", "AUC"), "val full": ("val_full_auc", "AUC"),
+    "loss jump": ("loss_jump", "loss"), "test": ("test_auc", "AUC"), "colour": ("colour_only_auc", "AUC"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["real", "synthetic"], choices=["real", "synthetic"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
+    figures = Figures("phase_boundaries")
     print("# three phases on pretrained EfficientNet-Lite0: head (cached features, 8 epochs, lr 1e-3) -> last 3 stages")
     print("# (5 epochs, lr 1e-4) -> all (4 epochs, lr 5e-5); val AUC at the last epoch of each phase, test AUC of the")
     print("# best epoch (what the run keeps); mean +- std over seeds, each seed its own patient split")
@@ -125,14 +135,19 @@ def main() -> None:
             for name in args.settings:
                 started = time.perf_counter()
                 results = [one_run(data, seed, SETTINGS[name], Path(tmp)) for seed in args.seeds]
-                seconds = (time.perf_counter() - started) / len(args.seeds)
+                prefix = f"{data}.{name.replace('+', '_')}"
+                seconds = figures.add(f"{prefix}.seconds_per_run", (time.perf_counter() - started) / len(args.seeds), "s")
                 cells = []
-                for key in ("val head", "val partial", "val full", "loss jump", "test", "colour"):
-                    values = np.array([r[key] for r in results])
-                    cells.append(f"{values.mean():+.3f}+-{values.std():.3f}" if key == "loss jump" else f"{values.mean():.3f}+-{values.std():.3f}")
+                for column, (key, unit) in COLUMNS.items():
+                    values = np.array([r[column] for r in results])
+                    mean = figures.add(f"{prefix}.{key}.mean", values.mean(), unit)
+                    std = figures.add(f"{prefix}.{key}.std", values.std(), unit)
+                    cells.append(f"{mean:+.3f}+-{std:.3f}" if column == "loss jump" else f"{mean:.3f}+-{std:.3f}")
                 print(f"{name:>10} " + " ".join(f"{c:>13}" for c in cells) + f" {seconds:>6.0f}", flush=True)
             print()
-    print("Rerun: python benchmarks/phase_boundaries.py --data " + " ".join(args.data) + " --seeds " + " ".join(map(str, args.seeds)))
+    # run_all.sh runs each data set as a step of its own.
+    print("rerun: bash benchmarks/run_all.sh " + " ".join(f"phase_boundaries_{data}" for data in args.data))
+    figures.save()
 
 
 if __name__ == "__main__":

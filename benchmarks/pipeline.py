@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _results import Figures  # noqa: E402
 from reinhard import render_images  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -81,19 +81,24 @@ def main() -> None:
     for path in paths:
         cache.load(path)
     build = len(paths) / (time.perf_counter() - start)
-    rows = {
-        "paper (PIL + torchvision)": timed(paper_pipeline(), paths, args.repeats),
-        "histofuse (OpenCV + albumentations)": timed(histofuse_pipeline(), paths, args.repeats),
-        "histofuse + decode cache (warm)": timed(histofuse_pipeline(cache), paths, args.repeats),
+    rows = {  # label: (figure key, images/s per repeat)
+        "paper (PIL + torchvision)": ("paper", timed(paper_pipeline(), paths, args.repeats)),
+        "histofuse (OpenCV + albumentations)": ("histofuse", timed(histofuse_pipeline(), paths, args.repeats)),
+        "histofuse + decode cache (warm)": ("cache_warm", timed(histofuse_pipeline(cache), paths, args.repeats)),
     }
-    base = np.median(rows["paper (PIL + torchvision)"])
+    base = np.median(rows["paper (PIL + torchvision)"][1])
+    figures = Figures("pipeline")
     print(f"# training input pipeline, one core ({platform.processor() or platform.machine()}), {len(paths)} PNGs of 700x460, "
           f"median of {args.repeats} repeats")
     print(f"{'pipeline':>38} {'images/s':>9} {'min-max':>15} {'x paper':>8}")
-    for name, rates in rows.items():
-        print(f"{name:>38} {np.median(rates):9.1f} {rates.min():7.1f}-{rates.max():<7.1f} {np.median(rates) / base:8.2f}")
+    for name, (key, rates) in rows.items():
+        median = figures.add(f"{key}.images_per_s", np.median(rates), "images/s")
+        ratio = figures.add(f"{key}.x_paper", median / base, "x")
+        print(f"{name:>38} {median:9.1f} {rates.min():7.1f}-{rates.max():<7.1f} {ratio:8.2f}")
+    figures.add("cache_build.images_per_s", build, "images/s")
     print(f"\nbuilding the cache (decode + resize + write, once): {build:.1f} images/s")
-    print(f"\nrerun: {sys.executable} benchmarks/pipeline.py --images {args.images} --repeats {args.repeats}")
+    print("\nrerun: bash benchmarks/run_all.sh pipeline")
+    figures.save()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "realdata" / "breakhis_small"
 
@@ -48,8 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
+    figures = Figures("realdata_folds")
     if not REAL.is_dir():
         print(f"skipped: the real set is not at {REAL.relative_to(REPO.parent)} (see ../shared/realdata/README.md)")
+        figures.save()
         return
 
     from rich.console import Console
@@ -58,8 +62,9 @@ def main() -> None:
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
 
-    def fmt(v):
-        return "  n/a" if v is None else f"{v:.3f}"
+    def fmt(key, v):
+        """``v`` as printed; recorded unless it is missing (no AUC where a set held one class)."""
+        return "  n/a" if v is None else f"{figures.add(key, v, 'AUC'):.3f}"
 
     registry, quiet = default_registry(), Console(quiet=True)
     print("seed | one split: test patients, AUC (colour-only) | 5 folds: AUC per fold mean ± sd (colour-only), pooled AUC [95% CI] (colour-only)")
@@ -72,10 +77,18 @@ def main() -> None:
             cv = json.loads((cv_dir / "cv_metrics.json").read_text())
             s, pooled = cv["test"]["summary"], cv["test"]["pooled"]
             ci = pooled["auc_ci95"] or [None, None]
-            print(f"{seed:4d} | {one['per_patient']['patients']:2d} patients, {fmt(one['auc'])} ({fmt(one['color_baseline']['auc'])}) | "
-                  f"{fmt(s['auc']['mean'])} ± {fmt(s['auc']['sd'])} ({fmt(s['colour_only_auc']['mean'])}), "
-                  f"{fmt(pooled['auc'])} [{fmt(ci[0])}, {fmt(ci[1])}] ({fmt(pooled['colour_only_auc'])})", flush=True)
-    print(f"rerun: python benchmarks/realdata_folds.py --seeds {' '.join(map(str, args.seeds))}")
+            patients = figures.add(f"seed{seed}.one_split.test_patients", one["per_patient"]["patients"], "count")
+            cell = {key: fmt(f"seed{seed}.{key}", value) for key, value in (
+                ("one_split.auc", one["auc"]), ("one_split.colour_only_auc", one["color_baseline"]["auc"]),
+                ("folds.mean_auc", s["auc"]["mean"]), ("folds.sd_auc", s["auc"]["sd"]),
+                ("folds.colour_only_mean_auc", s["colour_only_auc"]["mean"]), ("pooled.auc", pooled["auc"]),
+                ("pooled.auc_ci95_low", ci[0]), ("pooled.auc_ci95_high", ci[1]), ("pooled.colour_only_auc", pooled["colour_only_auc"]))}
+            print(f"{seed:4d} | {patients:2d} patients, {cell['one_split.auc']} ({cell['one_split.colour_only_auc']}) | "
+                  f"{cell['folds.mean_auc']} ± {cell['folds.sd_auc']} ({cell['folds.colour_only_mean_auc']}), "
+                  f"{cell['pooled.auc']} [{cell['pooled.auc_ci95_low']}, {cell['pooled.auc_ci95_high']}] "
+                  f"({cell['pooled.colour_only_auc']})", flush=True)
+    print("rerun: bash benchmarks/run_all.sh realdata_folds")
+    figures.save()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _results import Figures  # noqa: E402
+
 cv2.setNumThreads(1)
 
 
@@ -116,6 +118,7 @@ def main() -> None:
 
     from histofuse_builtins.stain_reinhard import Reinhard
 
+    figures = Figures("reinhard")
     print(f"# Reinhard normalization, one thread, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"# median images/s over {args.repeats} repeats (min-max); error vs float64 reference in grey levels\n")
     print(f"{'images':>10} {'implementation':>16} {'images/s':>10} {'min-max':>15} {'x torchstain':>13} {'x plain':>8} "
@@ -139,16 +142,20 @@ def main() -> None:
         speed = {name: len(images) / np.array(times) for name, (times, _) in rows.items()}
         for name, (times, outputs) in rows.items():
             s = speed[name]
-            vs_ts = f"{np.median(s) / np.median(speed['torchstain']):.2f}" if "torchstain" in speed else "n/a"
-            vs_plain = f"{np.median(s) / np.median(speed['plain float32']):.2f}"
-            vs_fused = f"{np.median(s) / np.median(speed['fused float32']):.2f}"
+            key = f"{label.split()[0]}.{name.replace(' ', '_')}"  # the real set is "real", whatever its images' size
+            median = figures.add(f"{key}.images_per_s", np.median(s), "images/s")
+            ratios = {other: f"{figures.add(f'{key}.x_{other.split()[0]}', median / np.median(speed[other]), 'x'):.2f}"
+                      for other in ("torchstain", "plain float32", "fused float32") if other in speed}
             mean_err, max_err = errors(outputs, references)
+            figures.add(f"{key}.mean_err", mean_err, "grey levels")
+            figures.add(f"{key}.max_err", max_err, "grey levels")
             note = "*" if name == "torchstain" else ""
-            print(f"{label:>10} {name:>16} {np.median(s):10.1f} {s.min():7.1f}-{s.max():<7.1f} {vs_ts:>13} {vs_plain:>8} "
-                  f"{vs_fused:>8} {mean_err:9.2f} {max_err:8.0f}{note}")
+            print(f"{label:>10} {name:>16} {median:10.1f} {s.min():7.1f}-{s.max():<7.1f} {ratios.get('torchstain', 'n/a'):>13} "
+                  f"{ratios['plain float32']:>8} {ratios['fused float32']:>8} {mean_err:9.2f} {max_err:8.0f}{note}")
     print("\n* torchstain converts RGB to LAB its own way and fits its target on one image, so part of its")
     print("  difference is a different colour space, not rounding.")
-    print("\nrerun: python benchmarks/reinhard.py --torchstain-python /tmp/torchstain-env/bin/python")
+    print("\nrerun: bash benchmarks/run_all.sh reinhard")
+    figures.save()
 
 
 if __name__ == "__main__":

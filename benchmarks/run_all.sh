@@ -1,78 +1,68 @@
 #!/usr/bin/env bash
-# Runs every benchmark and writes benchmarks/RESULTS.md with the machine description.
-# Baselines that need other packages get their own environment under /tmp, never the project's.
+# Runs the benchmarks - all but the long ones, or those named (bash benchmarks/run_all.sh reinhard pipeline) - and
+# merges what they measured into benchmarks/results.json, then renders benchmarks/RESULTS.md from it.
+# Sections not rerun keep their figures, date and machine. Baselines that need other packages get their own
+# environment under /tmp, never the project's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HISTOFUSE_FIGURES=$(mktemp -d)
+export HISTOFUSE_FIGURES
+trap 'rm -rf "$HISTOFUSE_FIGURES"' EXIT
 TS_ENV=${TS_ENV:-/tmp/torchstain-env}
-if [ ! -x "$TS_ENV/bin/python" ]; then
-    python -m venv "$TS_ENV"
-    "$TS_ENV/bin/pip" install -q torchstain numpy opencv-python-headless
+wanted=" $* "
+
+wants() { [ "$wanted" = "  " ] || [[ "$wanted" == *" $1 "* ]]; }
+
+step() {  # step NAME "TITLE" COMMAND...: the script writes NAME.json; its printed output is kept beside it
+    local name=$1 title=$2
+    shift 2
+    wants "$name" || return 0
+    run_step "$name" "$title" "$@"
+}
+
+long_step() {  # a step of an hour or more: runs only when named
+    [[ "$wanted" == *" $1 "* ]] || return 0
+    run_step "$@"
+}
+
+run_step() {
+    local name=$1 title=$2
+    shift 2
+    echo "== $name: $title" >&2
+    printf '%s' "$title" > "$HISTOFUSE_FIGURES/$name.title"
+    HISTOFUSE_FIGURES_AS=$name "$@" | tee "$HISTOFUSE_FIGURES/$name.txt"
+    [ -f "$HISTOFUSE_FIGURES/$name.json" ] || { echo "error: $name recorded no figures" >&2; exit 1; }
+}
+
+if wants reinhard || wants stain_matrix; then
+    if [ ! -x "$TS_ENV/bin/python" ]; then
+        python -m venv "$TS_ENV"
+        "$TS_ENV/bin/pip" install -q torchstain numpy opencv-python-headless
+    fi
 fi
-{
-    echo "# Benchmark results"
-    echo
-    echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB;"
-    echo "Python $(python -c 'import platform; print(platform.python_version())'), $(python -c 'import cv2, numpy, torch; print(f"OpenCV {cv2.__version__}, NumPy {numpy.__version__}, torch {torch.__version__}")'); $(date -u +%Y-%m-%d)."
-    echo
-    echo "## Reinhard stain normalization"
-    echo
-    echo '```'
+
+step reinhard "Reinhard stain normalization" \
     python benchmarks/reinhard.py --torchstain-python "$TS_ENV/bin/python"
-    echo '```'
-    echo
-    echo "## Macenko and Vahadane stain normalization"
-    echo
-    echo '```'
+step stain_matrix "Macenko and Vahadane stain normalization" \
     python benchmarks/stain_matrix.py --torchstain-python "$TS_ENV/bin/python"
-    echo '```'
-    echo
-    echo "## Training input pipeline and decode cache"
-    echo
-    echo '```'
-    python benchmarks/pipeline.py
-    echo '```'
-    echo
-    echo "## Model speed: frozen phase, bf16 + channels-last, batched TTA, start-up"
-    echo
-    echo '```'
-    python benchmarks/model_speed.py
-    echo '```'
-    echo
-    echo "## Framework overhead per epoch"
-    echo
-    echo '```'
-    python benchmarks/overhead.py
-    echo '```'
-    echo
-    echo "## Web app under load"
-    echo
-    echo '```'
-    python benchmarks/serve_load.py --clients 8 --requests 20 2>/dev/null | grep -v "^\[" 
-    echo '```'
-    echo
-    echo "## Fusion heads"
-    echo
-    echo '```'
-    python benchmarks/fusions.py
-    echo '```'
-    echo
-    echo "## Cross-validation cost"
-    echo
-    echo '```'
-    python benchmarks/crossval_cost.py 2>/dev/null
-    python benchmarks/crossval_cost.py --backbones resnet18 efficientnet_b0 2>/dev/null
-    echo '```'
-    echo
-    echo "## One split against 5 folds on the small real BreaKHis set"
-    echo
-    echo '```'
-    python benchmarks/realdata_folds.py 2>/dev/null
-    echo '```'
-    echo
-    echo "## Foundation-model backbones: parameters, FLOPs, frozen memory"
-    echo
-    echo '```'
-    python benchmarks/backbone_costs.py 2>/dev/null
-    echo '```'
-} > benchmarks/RESULTS.md
-cat benchmarks/RESULTS.md
+step pipeline "Training input pipeline and decode cache" python benchmarks/pipeline.py
+step model_speed "Model speed: frozen phase, bf16 + channels-last, batched TTA, start-up" python benchmarks/model_speed.py
+step overhead "Framework overhead per epoch" python benchmarks/overhead.py
+step quickstart "The quick start, as the README runs it" python benchmarks/quickstart.py --keep "$HISTOFUSE_FIGURES/runs"
+# The web app serves the quick start's run when it was trained above; otherwise the script trains a tiny one.
+trained=$(find "$HISTOFUSE_FIGURES/runs" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | head -n 1)
+step serve_load "Web app under load" python benchmarks/serve_load.py $trained --clients 8 --requests 20
+step fusions "Fusion heads" python benchmarks/fusions.py
+step crossval_cost "Cross-validation cost, quick-start backbones" python benchmarks/crossval_cost.py
+step crossval_cost_cnns "Cross-validation cost, ImageNet-sized CNNs" \
+    python benchmarks/crossval_cost.py --backbones resnet18 efficientnet_b0
+step synthetic_colour "What colour alone achieves on the synthetic data" \
+    python benchmarks/synthetic_colour.py --seeds 0 1 2 3 4 5 6 7 8 9
+step realdata_folds "One split against 5 folds on the small real BreaKHis set" python benchmarks/realdata_folds.py
+long_step phase_boundaries_real "What each phase keeps of the one before, 53 real BreaKHis images" \
+    python benchmarks/phase_boundaries.py --data real --seeds 1 2 3
+long_step phase_boundaries_synthetic "What each phase keeps of the one before, synthetic tissue" \
+    python benchmarks/phase_boundaries.py --data synthetic --seeds 1 2
+step backbone_costs "Foundation-model backbones: parameters, FLOPs, frozen memory" python benchmarks/backbone_costs.py
+
+python benchmarks/collect_results.py "$HISTOFUSE_FIGURES"

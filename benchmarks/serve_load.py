@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import Figures
+
 
 @dataclass
 class Case:
@@ -137,16 +139,28 @@ def start_server(run_dir: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("histofuse serve did not start within 90 s")
 
 
-def summary(result: LoadResult, clients: int, requests: int) -> str:
+def summary(result: LoadResult, clients: int, requests: int, figures: Figures | None = None) -> str:
+    """The printed lines, each figure recorded in ``figures`` (tests/test_serve_load.py prints without keeping them)."""
+    figures = figures if figures is not None else Figures("serve_load")
     latencies = np.array(result.latencies) * 1000
-    growth = result.rss_mb[-1] - result.rss_mb[0] if result.rss_mb else float("nan")
+    sent = figures.add("requests.sent", clients * requests, "count")
+    answered = figures.add("requests.answered", result.answered, "count")
+    refused = figures.add("requests.refused_as_expected", result.refused_as_expected, "count")
+    wrong = figures.add("requests.wrong", len(result.wrong), "count")
+    rate = figures.add("requests_per_s", result.answered / result.seconds, "requests/s")
+    seconds = figures.add("seconds", result.seconds, "s")
+    p50 = figures.add("latency.p50_ms", np.percentile(latencies, 50), "ms")
+    p95 = figures.add("latency.p95_ms", np.percentile(latencies, 95), "ms")
+    slowest = figures.add("latency.max_ms", latencies.max(), "ms")
+    start = figures.add("memory.start_mb", result.rss_mb[0], "MB")
+    peak = figures.add("memory.peak_mb", max(result.rss_mb), "MB")
+    end = figures.add("memory.end_mb", result.rss_mb[-1], "MB")
+    growth = figures.add("memory.growth_mb", end - start, "MB")
     return "\n".join([
-        f"clients {clients} x requests {requests} = {clients * requests} sent, {result.answered} answered, "
-        f"{result.refused_as_expected} refused as expected, {len(result.wrong)} wrong",
-        f"throughput {result.answered / result.seconds:.1f} requests/s over {result.seconds:.1f} s",
-        f"latency p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms, max {latencies.max():.0f} ms",
-        f"server memory {result.rss_mb[0]:.0f} MB at start, peak {max(result.rss_mb):.0f} MB, end {result.rss_mb[-1]:.0f} MB "
-        f"(growth {growth:+.0f} MB)",
+        f"clients {clients} x requests {requests} = {sent} sent, {answered} answered, {refused} refused as expected, {wrong} wrong",
+        f"throughput {rate:.1f} requests/s over {seconds:.1f} s",
+        f"latency p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {slowest:.0f} ms",
+        f"server memory {start:.0f} MB at start, peak {peak:.0f} MB, end {end:.0f} MB (growth {growth:+.0f} MB)",
     ])
 
 
@@ -182,11 +196,13 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+    figures = Figures("serve_load")
     print(f"# histofuse serve under load, loopback, {os.cpu_count()} cores; run {run_dir.name}")
-    print(summary(result, args.clients, args.requests))
+    print(summary(result, args.clients, args.requests, figures))
     for line in result.wrong[:10]:
         print("WRONG:", line)
-    print(f"\nrerun: {sys.executable} benchmarks/serve_load.py {run_dir} --clients {args.clients} --requests {args.requests}")
+    print("\nrerun: bash benchmarks/run_all.sh serve_load")
+    figures.save()
 
 
 if __name__ == "__main__":

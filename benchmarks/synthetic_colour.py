@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from _results import Figures
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.toml"
 EXTERNAL = "site_b"
@@ -75,18 +77,25 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(REPO)  # the recipe's data roots are relative to the repository
     seeds = args.seeds or [None]
+    figures = Figures("synthetic_colour")
     print(f"# colour-only baseline (6 LAB numbers, logistic regression on the training split), {RECIPE.name}")
     print("# generate s: seconds to write the training data and site b (about 0 when they were already there)\n")
     print(f"{'seed':>6} {'generate s':>11} {'test AUC':>9} {'site b AUC':>11}")
     rows = []
     for seed in seeds:
-        rows.append(colour_aucs(load(seed)))
-        print(f"{'recipe' if seed is None else seed:>6} {rows[-1][0]:11.1f} {rows[-1][1]:9.3f} {rows[-1][2]:11.3f}", flush=True)
+        key = "recipe" if seed is None else f"seed{seed}"
+        generated, test, site_b = colour_aucs(load(seed))
+        figures.add(f"{key}.generate.seconds", generated, "s")
+        rows.append((figures.add(f"{key}.test_auc", test, "AUC"), figures.add(f"{key}.site_b_auc", site_b, "AUC")))
+        print(f"{'recipe' if seed is None else seed:>6} {generated:11.1f} {test:9.3f} {site_b:11.3f}", flush=True)
     if len(rows) > 1:
-        aucs = np.array(rows)[:, 1:]
-        print(f"{'mean':>6} {'':>11} {aucs[:, 0].mean():9.3f} {aucs[:, 1].mean():11.3f}")
-        print(f"{'max':>6} {'':>11} {aucs[:, 0].max():9.3f} {aucs[:, 1].max():11.3f}")
-    print("\nrerun: python benchmarks/synthetic_colour.py" + (" --seeds " + " ".join(map(str, seeds)) if args.seeds else ""))
+        aucs = np.array(rows)
+        for label, summarize in (("mean", np.mean), ("max", np.max)):
+            test = figures.add(f"{label}.test_auc", summarize(aucs[:, 0]), "AUC")
+            site_b = figures.add(f"{label}.site_b_auc", summarize(aucs[:, 1]), "AUC")
+            print(f"{label:>6} {'':>11} {test:9.3f} {site_b:11.3f}")
+    print("\nrerun: bash benchmarks/run_all.sh synthetic_colour")
+    figures.save()
 
 
 if __name__ == "__main__":
