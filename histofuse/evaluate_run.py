@@ -21,6 +21,7 @@ from histofuse.recipe import (
     parse_value,
     validate_options,
 )
+from histofuse.rundir import RunDir
 
 
 def _pairs(items: list[str], what: str) -> dict:
@@ -80,17 +81,18 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     from histofuse.training.checkpoint import load_weights
 
     run_dir = Path(run_dir)
-    needed = ["recipe.toml", "split.csv", "model.safetensors", "model.json", "evaluation.json"]
-    missing = [f for f in needed if not (run_dir / f).is_file()]
+    layout = RunDir(run_dir)
+    needed = [layout.recipe_file, layout.split, layout.weights, layout.model_info, layout.evaluation]
+    missing = [f.name for f in needed if not f.is_file()]
     if missing:
         raise HistofuseError(f"{run_dir} is not a finished run directory: {', '.join(missing)} missing")
     if name == "test":
         raise HistofuseError("--name test is reserved for the run's own test split; choose another name")
     if tta not in get_args(TTA):
         raise RecipeError("--tta", [f"expected one of {', '.join(get_args(TTA))}, got '{tta}'"])
-    recipe = load_recipe(run_dir / "recipe.toml")
+    recipe = load_recipe(RunDir(run_dir).recipe_file)
     registry = default_registry()
-    meta = json.loads((run_dir / "model.json").read_text())
+    meta = json.loads((RunDir(run_dir).model_info).read_text())
     classes = meta["classes"]
     _, parsed_options = dataset_options(registry, dataset, options)
     try:
@@ -106,7 +108,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
         console.quiet = True
     model = build_model(recipe, registry, len(classes), pretrained=False)
     load_weights(model, run_dir)
-    split = pd.read_csv(run_dir / "split.csv", dtype={"group": str, "label": str})
+    split = pd.read_csv(RunDir(run_dir).split, dtype={"group": str, "label": str})
     evaluator = Evaluator(
         accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes,
         state=EvaluationState.load(run_dir), val_frame=split[split["split"] == "val"].reset_index(drop=True),
@@ -114,7 +116,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     )
     metrics = evaluator.evaluate_external(external)
     if accelerator.is_main_process:
-        path = run_dir / "metrics.json"
+        path = RunDir(run_dir).metrics
         everything = json.loads(path.read_text()) if path.is_file() else {}
         everything[name] = metrics
         path.write_text(json.dumps(everything, indent=2))

@@ -24,8 +24,8 @@ from histofuse.errors import DataError
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 from histofuse.qc import QCThresholds, qc_summary, run_qc
 from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
+from histofuse.rundir import RunDir
 
-STATE_FILE = "evaluation.json"
 log = logging.getLogger("histofuse")
 
 
@@ -43,11 +43,11 @@ class EvaluationState:
     calibration: dict[str, dict] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:
-        (run_dir / STATE_FILE).write_text(json.dumps(vars(self), indent=2))
+        RunDir(run_dir).evaluation.write_text(json.dumps(vars(self), indent=2))
 
     @classmethod
     def load(cls, run_dir: Path) -> "EvaluationState":
-        return cls(**json.loads((run_dir / STATE_FILE).read_text()))
+        return cls(**json.loads(RunDir(run_dir).evaluation.read_text()))
 
 
 def fit_on_training_split(
@@ -204,12 +204,10 @@ def evaluate_frame(
         if color_probs is not None:  # so that folds and repeats can pool the colour-only floor as they pool the model
             for i, cls in enumerate(classes):
                 out[f"colour_prob_{cls}"] = color_probs[:, i]
-        out.to_csv(run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv"), index=False)
+        out.to_csv(RunDir(run_dir).predictions(name), index=False)
     return metrics
 
 
-def validation_predictions_file(tta: str) -> str:
-    return f"predictions_val_{tta}.csv"
 
 
 def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, result, classes: list[str], temperature: float):
@@ -219,7 +217,7 @@ def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, r
     probs = softmax(result.logits, temperature)
     for i, cls in enumerate(classes):
         out[f"prob_{cls}"] = probs[:, i]
-    out.to_csv(run_dir / validation_predictions_file(tta), index=False)
+    out.to_csv(RunDir(run_dir).validation_predictions(tta), index=False)
 
 
 def make_eval_transform(hooks, data, tta: str = "none"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from histofuse.errors import HistofuseError
+from histofuse.rundir import RunDir
 
 TOLERANCE = 1e-4
 
@@ -31,7 +32,7 @@ def sample_batch(run, count: int = 8) -> tuple[torch.Tensor, str]:
     """Preprocessed test-split images of the run (what it was evaluated on); random pixels if none can be read."""
     from histofuse.data.decode import decoded_images
 
-    split_file, folds_file = run.run_dir / "split.csv", run.run_dir / "folds.csv"
+    split_file, folds_file = RunDir(run.run_dir).split, RunDir(run.run_dir).folds
     paths = []
     if split_file.is_file():
         split = pd.read_csv(split_file, usecols=["path", "split"])
@@ -111,7 +112,7 @@ def export_space(run, folder: Path) -> dict:
     import shutil
     import sys
 
-    from histofuse.manifest import MANIFEST, MODEL_CARD, model_card
+    from histofuse.manifest import model_card
 
     versions = space_versions()
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def export_space(run, folder: Path) -> dict:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     front = (f"---\ntitle: {run.recipe.name}\nsdk: gradio\nsdk_version: {versions['gradio']}\npython_version: \"{python}\"\n"
              "app_file: app.py\npinned: false\n---\n\n")
-    manifest, written = run.run_dir / MANIFEST, run.run_dir / MODEL_CARD
+    manifest, written = RunDir(run.run_dir).manifest, RunDir(run.run_dir).model_card
     if manifest.is_file():
         card = model_card(json.loads(manifest.read_text()))
     else:  # a cross-validation's parent has its own card, and no manifest

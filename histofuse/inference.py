@@ -1,14 +1,18 @@
-"""A finished run loaded for inference: only what the run saved (weights, classes, normalizer, calibration)."""
+"""A finished run loaded for inference (only what the run saved: weights, classes, normalizer, calibration),
+and its predictions on image files and folders."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, get_args
 
 import numpy as np
+import pandas as pd
 import torch
 
 from histofuse.errors import HistofuseError
+from histofuse.rundir import RunDir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -24,22 +28,23 @@ class LoadedRun:
         from histofuse.training.checkpoint import load_weights
 
         self.run_dir = Path(run_dir)
-        missing = [f for f in ("recipe.toml", "model.safetensors", "model.json") if not (self.run_dir / f).is_file()]
+        layout = RunDir(self.run_dir)
+        missing = [f.name for f in (layout.recipe_file, layout.weights, layout.model_info) if not f.is_file()]
         if missing:
             raise HistofuseError(
                 f"'{self.run_dir}' is not a finished run directory ({', '.join(missing)} missing); "
                 "give the folder that histofuse run printed at its end"
             )
-        self.recipe = load_recipe(self.run_dir / "recipe.toml")
+        self.recipe = load_recipe(RunDir(self.run_dir).recipe_file)
         self.registry = default_registry()
-        self.meta = json.loads((self.run_dir / "model.json").read_text())
+        self.meta = json.loads((RunDir(self.run_dir).model_info).read_text())
         self.classes: list[str] = self.meta["classes"]
         self.model = build_model(self.recipe, self.registry, len(self.classes), pretrained=False)
         load_weights(self.model, self.run_dir)
         self.model.eval()
         self.transform = make_eval_transform(self.registry.pm.hook, self.recipe.data)
         self.multi_crop_transform = make_eval_transform(self.registry.pm.hook, self.recipe.data, "crops5")
-        state_file = self.run_dir / "evaluation.json"
+        state_file = RunDir(self.run_dir).evaluation
         self.state = EvaluationState.load(self.run_dir) if state_file.is_file() else EvaluationState(None, None, {})
         self.normalizer = build_normalizer(self.registry, self.state.normalizer)
 
@@ -117,3 +122,75 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
         else:
             failed.append((str(item), "no such file or folder"))
     return found, failed
+
+
+def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """One row per input image: probabilities and the decided class, or the reason it could not be read; with
+    ``normalize``, also why the normalizer left a tile unchanged (a background or flat tile, say). ``progress``
+    hears how many images each batch settled, and of how many."""
+    from histofuse.data.decode import decoded_images
+    from histofuse.recipe import TTA
+
+    TTA_MODES = get_args(TTA)
+
+    if tta not in TTA_MODES:
+        raise HistofuseError(f"--tta: expected one of {', '.join(TTA_MODES)}, got '{tta}'")
+    if normalize and hasattr(run, "members"):
+        return _ensemble_normalized(run, inputs, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    if normalize and run.normalizer is None:
+        raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
+    paths, failed = expand_inputs(inputs)
+    if not paths and not failed:
+        raise HistofuseError("no image files found in " + ", ".join(map(str, inputs)) + f" (looked for {', '.join(IMAGE_SUFFIXES)})")
+    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    rows, unchanged = [], {}
+    if paths:
+        if normalize:
+            run.adapt(rgb for _, rgb in decoded_images(frame["path"]))
+        for batch in _batches(run, frame, tta, normalize, batch_size, num_workers, unchanged):
+            failed += batch["failed"]
+            if batch["image"] is not None:
+                probs = run.probabilities(batch["image"], tta)
+                decided = run.decide(probs, tta)
+                for index, p, d in zip(batch["index"].tolist(), probs, decided):
+                    rows.append({"path": frame["path"][index], "predicted": run.classes[d], "error": "",
+                                 "unnormalized": unchanged.get(index, ""), **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}})
+            if progress is not None:
+                progress(len(batch["failed"]) + (0 if batch["image"] is None else len(batch["image"])), len(paths))
+    rows += [{"path": path, "predicted": "", "error": reason, "unnormalized": ""} for path, reason in failed]
+    names = ["path", "predicted", *[f"prob_{c}" for c in run.classes], "error"] + (["unnormalized"] if normalize else [])
+    result = pd.DataFrame(rows, columns=names)
+    order = {str(p): i for i, p in enumerate(paths)}
+    return result.sort_values("path", key=lambda s: s.map(lambda p: order.get(p, len(order)))).reset_index(drop=True)
+
+
+def _ensemble_normalized(run, inputs, *, tta: str, batch_size: int, num_workers: int,
+                         progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """A fold ensemble with stain normalization: each fold predicts with its own normalizer (fitted on its own
+    training patients), then the probabilities are averaged and decided at the ensemble's threshold."""
+    members = len(run.members)
+    # One bar for the whole ensemble: every fold predicts every image.
+    each = None if progress is None else (lambda done, total: progress(done, total * members))
+    frames = [predict_paths(m, inputs, tta=tta, normalize=True, batch_size=batch_size, num_workers=num_workers, progress=each)
+              for m in run.members]
+    out = frames[0].copy()
+    columns = [f"prob_{c}" for c in run.classes]
+    out[columns] = sum(f[columns].to_numpy() for f in frames) / len(frames)
+    readable = out["error"] == ""
+    out.loc[readable, "predicted"] = [run.classes[i] for i in run.decide(out.loc[readable, columns].to_numpy(), tta)]
+    # A tile one fold's normalizer left unchanged is reported once, with that reason.
+    out["unnormalized"] = [next((r for r in reasons if r), "") for reasons in zip(*(f["unnormalized"] for f in frames))]
+    return out
+
+
+def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: int, num_workers: int, unchanged: dict):
+    """The loader's batches; normalizing, each tile the normalizer left unchanged lands in ``unchanged`` by index
+    (the normalizer runs in the workers, whose own counts never reach this process)."""
+    from histofuse.evaluation import collect_unchanged, make_eval_loader
+
+    loader = make_eval_loader(frame, run.classes, run.transform_for(tta), run.normalizer if normalize else None,
+                              batch_size, num_workers, max_pixels=run.recipe.data.max_image_pixels)
+    return collect_unchanged(loader, unchanged)
+
+

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-MANIFEST = "manifest.json"
-MODEL_CARD = "MODEL_CARD.md"
+from histofuse.rundir import RunDir
+
 PACKAGES = ("histofuse", "torch", "torchvision", "timm", "accelerate", "numpy", "pandas", "scikit-learn",
             "opencv-python-headless", "albumentations", "safetensors")
 
@@ -26,7 +26,7 @@ def split_hash(table: pd.DataFrame) -> str:
 
 def build_manifest(*, recipe, table: pd.DataFrame, classes: list[str], metrics: dict, run_dir: Path, started: datetime,
                    wall_seconds: float, accelerator) -> dict:
-    evaluation = run_dir / "evaluation.json"
+    evaluation = RunDir(run_dir).evaluation
     normalizer = json.loads(evaluation.read_text()).get("normalizer") if evaluation.is_file() else None
     return {
         "recipe": recipe.model_dump(mode="json"),
@@ -100,12 +100,12 @@ def _hardware(accelerator) -> dict:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
-    (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    RunDir(run_dir).manifest.write_text(json.dumps(manifest, indent=2))
 
 
 def record_evaluated_set(run_dir: Path, name: str, metrics: dict) -> None:
     """Add (or replace) a set evaluated after the run in its manifest and model card, so both list every set."""
-    path = run_dir / MANIFEST
+    path = RunDir(run_dir).manifest
     if not path.is_file():  # the run's records failed to write; histofuse report says how to get them
         return
     manifest = json.loads(path.read_text())
@@ -114,7 +114,7 @@ def record_evaluated_set(run_dir: Path, name: str, metrics: dict) -> None:
     if metrics.get("qc"):
         manifest["qc"][name] = metrics["qc"]
     write_manifest(run_dir, manifest)
-    (run_dir / MODEL_CARD).write_text(model_card(manifest))
+    RunDir(run_dir).model_card.write_text(model_card(manifest))
 
 
 def model_card(manifest: dict) -> str:

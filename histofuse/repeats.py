@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from rich.table import Table
 
 from histofuse.data.split import split_seed
 from histofuse.recipe import load_recipe
+from histofuse.rundir import RunDir
 
 # colour_only_auc: what six LAB numbers achieve on the same split, the floor a model's AUC is read against.
 HEADLINE = ("auc", "colour_only_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
@@ -30,8 +30,8 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
     """One row per run and set; {set: {metric: {"mean", "std", "values"}}} over the runs."""
     rows = []
     for run_dir in run_dirs:
-        recipe_seed = load_recipe(run_dir / "recipe.toml").seed  # a run, or a cross-validation's parent folder
-        for name, m in json.loads((run_dir / "metrics.json").read_text()).items():
+        recipe_seed = load_recipe(RunDir(run_dir).recipe_file).seed  # a run, or a cross-validation's parent folder
+        for name, m in json.loads((RunDir(run_dir).metrics).read_text()).items():
             if "error" not in m:
                 m = {**m, "colour_only_auc": (m.get("color_baseline") or {}).get("auc")}
                 rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: m.get(k) for k in HEADLINE}})
@@ -47,20 +47,6 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
                 "values": values.tolist(),
             }
     return table, summary
-
-
-def summary_table(summary: dict, runs: int) -> Table:
-    table = Table(title=f"{runs} runs: mean ± standard deviation (sample)")
-    table.add_column("metric")
-    for name in summary:
-        table.add_column(name, justify="right")
-    for k in HEADLINE:
-        cells = []
-        for name in summary:
-            s = summary[name][k]
-            cells.append("n/a" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}" if s["std"] is not None else f"{s['mean']:.4f}")
-        table.add_row(k, *cells)
-    return table
 
 
 def write_summary(output_dir: Path, first_run: str, table: pd.DataFrame, summary: dict) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPORT = "report.html"
-FIGURES = "report"
+from histofuse.rundir import RunDir
+
 
 
 def write_report(run_dir: Path) -> Path:
@@ -21,31 +21,31 @@ def write_report(run_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     run_dir = Path(run_dir)
-    figures_dir = run_dir / FIGURES
+    figures_dir = RunDir(run_dir).report_figures
     figures_dir.mkdir(exist_ok=True)
-    metrics = _json(run_dir / "metrics.json") or {}
+    metrics = _json(RunDir(run_dir).metrics) or {}
     sections = [f"<h1>{_e(run_dir.name)}</h1>"]
-    manifest = _json(run_dir / "manifest.json")
+    manifest = _json(RunDir(run_dir).manifest)
     if manifest:
         sections.append(_summary(manifest))
-    history = run_dir / "history.csv"
+    history = RunDir(run_dir).history
     if history.is_file():
         sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", _curves(pd.read_csv(history))))
-    cross_validation = _json(run_dir / "cv_metrics.json")
+    cross_validation = _json(RunDir(run_dir).cv_metrics)
     if cross_validation:
         sections.append(_cross_validation(run_dir, figures_dir, cross_validation))
     for name, entry in metrics.items():
         sections.append(_set_section(run_dir, figures_dir, name, entry))
-    comparison = _json(run_dir / "stain_comparison.json")
+    comparison = _json(RunDir(run_dir).stain_comparison)
     if comparison:
         sections.append(_comparison(comparison))
-    evaluation = _json(run_dir / "evaluation.json")
+    evaluation = _json(RunDir(run_dir).evaluation)
     if evaluation and evaluation.get("normalizer"):
         sections.append("<h2>Stain normalizer (fitted on the training split)</h2><pre>" + _e(json.dumps(evaluation["normalizer"], indent=1)) + "</pre>")
-    recipe = run_dir / "recipe.toml"
+    recipe = RunDir(run_dir).recipe_file
     if recipe.is_file():
         sections.append("<h2>Resolved recipe</h2><pre>" + _e(recipe.read_text()) + "</pre>")
-    page = run_dir / REPORT
+    page = RunDir(run_dir).report
     page.write_text(_page(run_dir.name, "\n".join(sections)))
     return page
 
@@ -137,9 +137,9 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
     ]
     parts = [f"<h2>{_e(name)}</h2>", _table(["metric", "value"], rows)]
     figures = []
-    predictions = run_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv")
-    if name == "test" and (run_dir / "oof_predictions.csv").is_file():
-        predictions = run_dir / "oof_predictions.csv"
+    predictions = RunDir(run_dir).predictions(name)
+    if name == "test" and (RunDir(run_dir).oof_predictions).is_file():
+        predictions = RunDir(run_dir).oof_predictions
     if predictions.is_file() and len(m.get("classes", [])) == 2:
         figures.append(_figure(figures_dir, f"roc_{name}.png", _roc(pd.read_csv(predictions), m)))
     if m.get("confusion_matrix"):
@@ -183,8 +183,8 @@ def _cross_validation(run_dir: Path, figures_dir: Path, cv: dict) -> str:
     parts = [f"<h2>Cross-validation ({cv['folds']} folds)</h2><p>{_e(cv['protocol'])}</p>",
              "<h3>Test folds</h3>" + _table(columns, rows)]
     figures = []
-    oof = run_dir / "oof_predictions.csv"
-    classes = (_json(run_dir / "metrics.json") or {}).get("test", {}).get("classes", [])
+    oof = RunDir(run_dir).oof_predictions
+    classes = (_json(RunDir(run_dir).metrics) or {}).get("test", {}).get("classes", [])
     if oof.is_file() and len(classes) == 2:
         figures.append(_figure(figures_dir, "cv_roc.png", _fold_rocs(pd.read_csv(oof), classes[1], cv["test"]["pooled"])))
     figures.append(_figure(figures_dir, "cv_spread.png", _fold_spread(cv)))

@@ -17,9 +17,9 @@ from histofuse.data.table import check_table
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, recipe_to_toml, validate_options
 from histofuse.registry import Registry
+from histofuse.rundir import RunDir
 
 
-FINISHED = "finished.json"
 
 
 def resolve_root(recipe: Recipe, registry: Registry) -> Path:
@@ -136,7 +136,6 @@ def run_recipe(
     from histofuse.evaluation import make_eval_transform
     from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
-    from histofuse.training.epoch_checkpoint import FOLDER as CHECKPOINTS
     from histofuse.training.epoch_checkpoint import latest_checkpoint
     from histofuse.training.history import History
     from histofuse.training.trackers import Trackers, check_trackers
@@ -164,18 +163,18 @@ def run_recipe(
     if resume is not None:
         run_dir = resume
         check_same_split(table, run_dir)
-        if (run_dir / "metrics.json").exists() and not (run_dir / CHECKPOINTS).exists():
+        if RunDir(run_dir).metrics.exists() and not RunDir(run_dir).checkpoints.exists():
             raise HistofuseError(f"{run_dir} has finished (metrics.json is written); there is nothing to resume")
         checkpoint = latest_checkpoint(run_dir, lambda message: console.print(f"warning: {message}", markup=False))
         console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
-        History(run_dir / "history.csv", accelerator.is_main_process).truncate(checkpoint.state.epoch)
+        History(RunDir(run_dir).history, accelerator.is_main_process).truncate(checkpoint.state.epoch)
     else:
         if accelerator.is_main_process:
             run_dir = _make_dir(run_dir) if run_dir is not None else create_run_dir(output_dir, recipe.name)
         run_dir = Path(broadcast(accelerator, str(run_dir) if accelerator.is_main_process else ""))
         if accelerator.is_main_process:
-            (run_dir / "recipe.toml").write_text(recipe_to_toml(recipe))
-            table.to_csv(run_dir / "split.csv", index=False)
+            (RunDir(run_dir).recipe_file).write_text(recipe_to_toml(recipe))
+            table.to_csv(RunDir(run_dir).split, index=False)
     accelerator.wait_for_everyone()  # nobody rewrites history.csv while another process still reads the run
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
     console.print(_split_summary(table, classes), markup=False)
@@ -258,9 +257,9 @@ def run_recipe(
         write_records(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, console)
     if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
         # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
     if accelerator.is_main_process:  # last: a run killed before this line is not finished, whatever else it wrote
-        (run_dir / FINISHED).write_text(json.dumps({"finished": datetime.now().astimezone().isoformat(timespec="seconds")}))
+        RunDir(run_dir).finished.write_text(json.dumps({"finished": datetime.now().astimezone().isoformat(timespec="seconds")}))
     if last:
         accelerator.end_training()
     return run_dir
@@ -268,7 +267,7 @@ def run_recipe(
 
 def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console) -> None:
     """Manifest, model card and report; a failure here is reported and loses nothing the run produced."""
-    from histofuse.manifest import MODEL_CARD, build_manifest, model_card, write_manifest
+    from histofuse.manifest import build_manifest, model_card, write_manifest
     from histofuse.report import write_report
 
     try:
@@ -277,7 +276,7 @@ def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds,
             wall_seconds=seconds, accelerator=accelerator,
         )
         write_manifest(run_dir, manifest)
-        (run_dir / MODEL_CARD).write_text(model_card(manifest))
+        RunDir(run_dir).model_card.write_text(model_card(manifest))
         page = write_report(run_dir)
     except Exception as exc:  # the weights and metrics are already on disk; a plotting bug must not hide that
         console.print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
@@ -289,9 +288,9 @@ def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds,
 def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:
     """A resumed run must train on the images and patient split it started with."""
     try:
-        saved = pd.read_csv(run_dir / "split.csv", usecols=["path", "split"], dtype=str)
+        saved = pd.read_csv(RunDir(run_dir).split, usecols=["path", "split"], dtype=str)
     except (OSError, ValueError) as exc:
-        raise HistofuseError(f"cannot read {run_dir / 'split.csv'} to resume: {exc}") from None
+        raise HistofuseError(f"cannot read {RunDir(run_dir).split} to resume: {exc}") from None
     now = table[["path", "split"]].astype(str).reset_index(drop=True)
     if not now.equals(saved.reset_index(drop=True)):
         raise DataError(
@@ -359,7 +358,7 @@ def compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, 
 
 def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
     if accelerator.is_main_process:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (RunDir(run_dir).metrics).write_text(json.dumps(metrics, indent=2))
 
 
 def broadcast(accelerator, value: str) -> str:

@@ -20,8 +20,8 @@ from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decoded_images
 from histofuse.metrics import classification_metrics
 from histofuse.recipe import Recipe, validate_options
+from histofuse.rundir import RunDir
 
-FILE = "stain_comparison.json"
 
 
 def fit_normalizer(recipe: Recipe, registry, name: str, train: pd.DataFrame):
@@ -68,7 +68,7 @@ def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame
 
 
 def save(run_dir: Path, comparison: dict) -> None:
-    (run_dir / FILE).write_text(json.dumps(comparison, indent=2))
+    RunDir(run_dir).stain_comparison.write_text(json.dumps(comparison, indent=2))
 
 
 def comparison_table(comparison: dict) -> Table:

@@ -222,23 +222,24 @@ def test_the_ensemble_is_the_mean_of_the_folds_at_a_threshold_from_their_validat
 
 @end_to_end
 def test_predict_on_the_parent_averages_the_folds_and_fold_n_picks_one(cv_run):
-    from rich.console import Console
-
     from histofuse.errors import HistofuseError
-    from histofuse.inference import open_run
-    from histofuse.predict_cli import predict_paths
+    from histofuse.inference import open_run, predict_paths
 
     _, parent = cv_run
     images = parent.parent.parent / "site_b"
 
     def predicted(fold=None):
         run = open_run(parent, fold)
-        out = predict_paths(run, [images], tta="d4", normalize=False, batch_size=16, num_workers=0, console=Console(quiet=True))
+        out = predict_paths(run, [images], tta="d4", normalize=False, batch_size=16, num_workers=0)
         return out.set_index("path")["prob_malignant"]
 
     ensemble = predicted()
     mean = sum(predicted(k) for k in range(1, FOLDS + 1)) / FOLDS
     np.testing.assert_allclose(ensemble, mean, atol=1e-6)
+    settled = []  # what a progress display hears: images per batch, of how many
+    predict_paths(open_run(parent, 1), [images], tta="none", normalize=False, batch_size=16, num_workers=0,
+                  progress=lambda done, total: settled.append((done, total)))
+    assert sum(done for done, _ in settled) == len(ensemble) and {total for _, total in settled} == {len(ensemble)}
     # The same images as the cross-validation's own ensemble evaluation of site_b scored them.
     evaluated = pd.read_csv(parent / "predictions_site_b.csv").set_index("path")["prob_malignant"]
     np.testing.assert_allclose(ensemble.loc[evaluated.index], evaluated, atol=1e-5)
@@ -348,9 +349,9 @@ def test_data_check_of_a_cross_validation_recipe_labels_images_by_fold(cv_run, t
     result = CliRunner().invoke(app, ["data", "check", str(recipe), "--out", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "72 images checked" in result.output  # 48 of the folds and 24 of site_b, none skipped
-    from histofuse.cli import _images_to_check
+    from histofuse.cli.data import images_to_check
 
-    frame, _, _ = _images_to_check(str(recipe), None, [], [])
+    frame, _, _ = images_to_check(str(recipe), None, [], [])
     folds = pd.read_csv(recipe.parent / "reference" / next((recipe.parent / "reference").iterdir()).name / "folds.csv")
     in_folds = frame[frame["split"] != "evaluate:site_b"]
     assert dict(zip(in_folds["path"], in_folds["split"])) == {p: f"fold-{k}" for p, k in zip(folds["path"], folds["fold"])}

@@ -83,7 +83,8 @@ def test_a_mutated_recipe_is_accepted_or_rejected_with_a_message(tmp_path_factor
     from histofuse.errors import HistofuseError
     from histofuse.recipe import check_recipe, load_recipe
     from histofuse.registry import default_registry
-    from histofuse.summary import check_model, describe_recipe
+    from histofuse.cli.tables import describe_recipe
+    from histofuse.summary import check_model
 
     text = toml_or_none(recipe)
     if text is None:

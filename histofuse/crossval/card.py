@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from histofuse.manifest import MANIFEST, MODEL_CARD
+from histofuse.rundir import RunDir
 
 
 def write_model_card(parent: Path, report: dict) -> Path:
     from histofuse.crossval.runner import fold_dir
 
-    first = json.loads((fold_dir(parent, 1) / MANIFEST).read_text())
+    first = json.loads(RunDir(fold_dir(parent, 1)).manifest.read_text())
     recipe = first["recipe"]
     model = recipe["model"]
     backbones = ", ".join(f"{b['name']}: {b['model']} ({b['source']})" for b in model["backbones"])
@@ -57,7 +57,7 @@ def write_model_card(parent: Path, report: dict) -> Path:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items() if v) + ".",
         "- Fold assignment in `folds.csv`; every number above in `cv_metrics.json`; figures in `report.html`.", "",
     ]
-    path = parent / MODEL_CARD
+    path = RunDir(parent).model_card
     path.write_text("\n".join(lines))
     return path
 

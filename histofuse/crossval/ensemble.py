@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from histofuse.errors import HistofuseError
+from histofuse.rundir import RunDir
 
 
 class EnsembleModule(nn.Module):
@@ -32,16 +33,15 @@ class FoldEnsemble:
     decision threshold is the one locked on the folds' validation predictions pooled."""
 
     def __init__(self, parent: Path):
-        from histofuse.crossval.pooling import ENSEMBLE_FILE
         from histofuse.crossval.runner import finished_folds
         from histofuse.evaluation import EvaluationState
         from histofuse.inference import LoadedRun
 
         self.run_dir = Path(parent)
-        saved = self.run_dir / ENSEMBLE_FILE
+        saved = RunDir(self.run_dir).ensemble
         if not saved.is_file():
             raise HistofuseError(
-                f"'{parent}' has no {ENSEMBLE_FILE}: the cross-validation has not finished; continue it with "
+                f"'{parent}' has no {saved.name}: the cross-validation has not finished; continue it with "
                 f"histofuse run --resume {parent}, or use one fold with --fold N"
             )
         self.folds = finished_folds(self.run_dir)

@@ -15,12 +15,10 @@ import pandas as pd
 from histofuse.calibration import expected_calibration_error, youden_threshold
 from histofuse.data.split import split_seed
 from histofuse.errors import HistofuseError
-from histofuse.evaluation import EvaluationState, validation_predictions_file
+from histofuse.evaluation import EvaluationState
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
+from histofuse.rundir import RunDir
 
-CV_METRICS = "cv_metrics.json"
-OOF_PREDICTIONS = "oof_predictions.csv"
-ENSEMBLE_FILE = "ensemble.json"
 # Per-fold figures reported as mean ± sd; colour_only_auc is the floor each is read against.
 PER_FOLD = ("auc", "colour_only_auc", "patient_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
 
@@ -28,15 +26,15 @@ PER_FOLD = ("auc", "colour_only_auc", "patient_auc", "accuracy", "balanced_accur
 def pool_folds(parent: Path, recipe, console) -> dict:
     """Write oof_predictions.csv, cv_metrics.json, metrics.json (pooled test folds, fold ensembles of every
     external set), ensemble.json (the ensemble's locked thresholds), the report and the model card."""
-    from histofuse.crossval.runner import FOLDS_FILE, finished_folds
+    from histofuse.crossval.runner import finished_folds
 
     dirs = finished_folds(parent)
-    fold_metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
-    classes = json.loads((dirs[0] / "model.json").read_text())["classes"]
+    fold_metrics = [json.loads((RunDir(d).metrics).read_text()) for d in dirs]
+    classes = json.loads(RunDir(dirs[0]).model_info.read_text())["classes"]
     cfg = recipe.evaluation
-    oof = pd.concat([pd.read_csv(d / "predictions.csv").assign(fold=k) for k, d in enumerate(dirs, 1)], ignore_index=True)
-    check_out_of_fold(oof, pd.read_csv(parent / FOLDS_FILE), fold_metrics)
-    oof.to_csv(parent / OOF_PREDICTIONS, index=False)
+    oof = pd.concat([pd.read_csv(RunDir(d).predictions("test")).assign(fold=k) for k, d in enumerate(dirs, 1)], ignore_index=True)
+    check_out_of_fold(oof, pd.read_csv(RunDir(parent).folds), fold_metrics)
+    oof.to_csv(RunDir(parent).oof_predictions, index=False)
     thresholds = {k: m["test"].get("threshold") for k, m in enumerate(fold_metrics, 1)}
     pooled = pooled_metrics("test", oof, classes, thresholds, cfg.bootstrap, recipe.seed)
     pooled.update(tta=fold_metrics[0]["test"]["tta"], normalized=False, qc=None,
@@ -67,18 +65,18 @@ def pool_folds(parent: Path, recipe, console) -> dict:
             continue
         first = per_fold[0]
         threshold = ensemble[first["tta"]]["threshold"]
-        frames = [pd.read_csv(d / f"predictions_{name}.csv") for d in dirs]
+        frames = [pd.read_csv(RunDir(d).predictions(name)) for d in dirs]
         mean = ensemble_predictions(frames, classes, threshold)
-        mean.to_csv(parent / f"predictions_{name}.csv", index=False)
+        mean.to_csv(RunDir(parent).predictions(name), index=False)
         entry = pooled_metrics(name, mean, classes, threshold, cfg.bootstrap, recipe.seed)
         entry.update(tta=first["tta"], normalized=first["normalized"], qc=first.get("qc"), ensemble_of=len(dirs),
                      failed_images=_union(m.get("failed_images") for m in per_fold))
         metrics[name] = entry
         rows = [fold_row(k, m) for k, m in enumerate(per_fold, 1)]
         report[name] = {"per_fold": rows, "summary": spread(rows), "ensemble": _headline(entry)}
-    (parent / CV_METRICS).write_text(json.dumps(report, indent=2))
-    (parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (parent / ENSEMBLE_FILE).write_text(json.dumps({"folds": [d.name for d in dirs], "calibration": ensemble}, indent=2))
+    RunDir(parent).cv_metrics.write_text(json.dumps(report, indent=2))
+    (RunDir(parent).metrics).write_text(json.dumps(metrics, indent=2))
+    RunDir(parent).ensemble.write_text(json.dumps({"folds": [d.name for d in dirs], "calibration": ensemble}, indent=2))
     console.print(cv_summary_text(report), markup=False)
     _write_records(parent, report, console)
     return report
@@ -155,7 +153,7 @@ def ensemble_threshold(dirs: list[Path], tta: str, classes: list[str], rule) -> 
         return rule
     frames = []
     for d in dirs:
-        path = d / validation_predictions_file(tta)
+        path = RunDir(d).validation_predictions(tta)
         if not path.is_file():
             raise HistofuseError(f"{path} is missing: the fold ensemble's threshold needs every fold's validation predictions")
         frames.append(pd.read_csv(path))

@@ -15,8 +15,8 @@ import pandas as pd
 
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, load_recipe, recipe_to_toml
+from histofuse.rundir import RunDir
 
-FOLDS_FILE = "folds.csv"
 
 
 def fold_dir(parent: Path, fold: int) -> Path:
@@ -25,8 +25,8 @@ def fold_dir(parent: Path, fold: int) -> Path:
 
 def is_crossval_dir(path: Path) -> bool:
     """A parent directory of a cross-validation: its recipe has folds and no single fold."""
-    saved = Path(path) / "recipe.toml"
-    if not saved.is_file() or not (Path(path) / FOLDS_FILE).is_file():
+    saved = RunDir(Path(path)).recipe_file
+    if not saved.is_file() or not RunDir(path).folds.is_file():
         return False
     split = load_recipe(saved).data.split
     return split.folds is not None and split.fold is None
@@ -69,7 +69,7 @@ def run_cross_validation(
         if status == "finished":
             continue
         if status == "resumable":
-            run_recipe(load_recipe(target / "recipe.toml"), registry, parent, console, resume=target, last=False, feature_store=store)
+            run_recipe(load_recipe(RunDir(target).recipe_file), registry, parent, console, resume=target, last=False, feature_store=store)
             continue
         if status == "restart" and accelerator.is_main_process:
             shutil.rmtree(target)  # killed before its first checkpoint: nothing of it can be continued
@@ -96,18 +96,18 @@ def prepare_parent(recipe: Recipe, registry, output_dir: Path, resume: Path | No
     with_folds = assign_folds(load_table(recipe, registry)[0], split.folds, split_seed(split, recipe.seed))
     with_folds = with_folds[["path", "group", "label", "fold"]]
     if resume is not None:
-        saved = pd.read_csv(resume / FOLDS_FILE, dtype={"path": str, "group": str, "label": str})
+        saved = pd.read_csv(RunDir(resume).folds, dtype={"path": str, "group": str, "label": str})
         now = with_folds.astype({"path": str, "group": str, "label": str}).reset_index(drop=True)
         if not now.equals(saved.reset_index(drop=True)):
             raise DataError(
-                f"the dataset no longer matches {resume / FOLDS_FILE} ({len(saved)} images then, {len(now)} now, or "
+                f"the dataset no longer matches {RunDir(resume).folds} ({len(saved)} images then, {len(now)} now, or "
                 "images in other folds): the remaining folds would test patients another fold trained on. Restore "
                 "the data, or start a new cross-validation."
             )
         return resume
     parent = create_run_dir(output_dir, recipe.name)
-    (parent / "recipe.toml").write_text(recipe_to_toml(recipe))
-    with_folds.to_csv(parent / FOLDS_FILE, index=False)
+    (RunDir(parent).recipe_file).write_text(recipe_to_toml(recipe))
+    with_folds.to_csv(RunDir(parent).folds, index=False)
     return parent
 
 
@@ -133,12 +133,11 @@ def on_main(accelerator, work) -> str:
 def fold_status(target: Path) -> str:
     """new (no folder), finished, resumable (has a complete epoch checkpoint) or restart (started, and nothing
     of it can be continued: killed before its first checkpoint, or every checkpoint damaged)."""
-    from histofuse.run import FINISHED
     from histofuse.training.epoch_checkpoint import latest_checkpoint
 
     if not target.exists():
         return "new"
-    if (target / FINISHED).is_file():
+    if RunDir(target).finished.is_file():
         return "finished"
     try:
         latest_checkpoint(target, lambda message: None)
@@ -149,7 +148,7 @@ def fold_status(target: Path) -> str:
 
 def finished_folds(parent: Path) -> list[Path]:
     """The fold directories of ``parent`` in order; an error names the ones that have not finished."""
-    recipe = load_recipe(parent / "recipe.toml")
+    recipe = load_recipe(RunDir(parent).recipe_file)
     dirs = [fold_dir(parent, k) for k in range(1, recipe.data.split.folds + 1)]
     unfinished = [d.name for d in dirs if fold_status(d) != "finished"]
     if unfinished:
@@ -161,8 +160,8 @@ def finished_folds(parent: Path) -> list[Path]:
 
 
 def check_resumable(parent: Path) -> None:
-    if not (parent / FOLDS_FILE).is_file():
-        raise HistofuseError(f"'{parent}' is not a cross-validation directory (it has no {FOLDS_FILE})")
-    if (parent / "cv_metrics.json").is_file():
+    if not RunDir(parent).folds.is_file():
+        raise HistofuseError(f"'{parent}' is not a cross-validation directory (it has no {RunDir(parent).folds.name})")
+    if (RunDir(parent).cv_metrics).is_file():
         raise HistofuseError(f"{parent} has finished (cv_metrics.json is written); there is nothing to resume")
 

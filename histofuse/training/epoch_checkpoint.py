@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from histofuse.errors import HistofuseError
-from histofuse.training.checkpoint import META, WEIGHTS
+from histofuse.rundir import RunDir
 
-FOLDER = "checkpoints"
 MANIFEST = "manifest.json"
 MODEL, OPTIMIZER, SCHEDULER, STATE = "model.safetensors", "optimizer.pt", "scheduler.pt", "state.json"
 SCALER, BEST, BEST_META = "scaler.pt", "best.safetensors", "best.json"
@@ -85,7 +84,7 @@ class Checkpoint:
         between, or falling back to an older checkpoint, leaves best weights
         from an epoch this state never saw.
         """
-        weights, meta = run_dir / WEIGHTS, run_dir / META
+        weights, meta = RunDir(run_dir).weights, RunDir(run_dir).model_info
         if not self.state.best_epoch:
             stale = [p for p in (weights, meta) if p.exists()]
             for path in stale:
@@ -112,7 +111,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_model
 
-    folder = run_dir / FOLDER
+    folder = RunDir(run_dir).checkpoints
     final = folder / f"epoch-{state.epoch:04d}"
     partial = folder / (final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -143,20 +142,20 @@ def _keep_best(run_dir: Path, partial: Path, state: TrainingState) -> list[str]:
     """Store what restores the best weights of ``state``; the checkpoint's own model is them when the best epoch is this one."""
     if not state.best_epoch:
         return []
-    shutil.copyfile(run_dir / META, partial / BEST_META)
+    shutil.copyfile(RunDir(run_dir).model_info, partial / BEST_META)
     if state.best_epoch == state.epoch:
         return [BEST_META]
     try:
         # save_weights replaces model.safetensors by renaming a new file, so the link keeps these bytes.
-        os.link(run_dir / WEIGHTS, partial / BEST)
+        os.link(RunDir(run_dir).weights, partial / BEST)
     except OSError:  # no hard links here (another file system, FAT, some network shares)
-        shutil.copyfile(run_dir / WEIGHTS, partial / BEST)
+        shutil.copyfile(RunDir(run_dir).weights, partial / BEST)
     return [BEST_META, BEST]
 
 
 def latest_checkpoint(run_dir: Path, warn) -> Checkpoint:
     """The newest checkpoint whose files all match their manifest; ``warn`` hears about each one skipped."""
-    folder = run_dir / FOLDER
+    folder = RunDir(run_dir).checkpoints
     candidates = sorted(_complete_folders(folder), reverse=True) if folder.is_dir() else []
     for path in candidates:
         problem = _verify(path)

@@ -30,6 +30,7 @@ from histofuse.training.predict import Predictions, predict
 from histofuse.training.progress import EpochProgress
 from histofuse.training.trackers import Trackers
 from histofuse.training.warmup import Warmup
+from histofuse.rundir import RunDir
 
 
 class Trainer:
@@ -69,7 +70,7 @@ class Trainer:
         self.meta = meta
         self.console = console
         self.dataset_size = dataset_size
-        self.history = History(run_dir / "history.csv", accelerator.is_main_process)
+        self.history = History(RunDir(run_dir).history, accelerator.is_main_process)
         self.trackers = trackers
         if resume:
             trackers.resume_after(resume.state.epoch)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
+from histofuse.cli.app import console, weights_app
 from histofuse.errors import HistofuseError, WeightsError
+from histofuse.rundir import RunDir
 
-weights_app = typer.Typer(help="Check weights files against backbones; export a run's backbone weights.", no_args_is_help=True)
 
 
 def _split_backbone(text: str, families: list[str]) -> tuple[str, str]:
@@ -37,7 +38,6 @@ def check(
     option: list[str] = typer.Option([], "--option", help="KEY=VALUE for the family's options, e.g. preset=uni2-h (repeatable)."),
 ) -> None:
     """Tell whether FILE fits BACKBONE before a long run: loaded, missing and unexpected tensors, shape errors."""
-    from histofuse.cli import console
     from histofuse.recipe import validate_options
     from histofuse.registry import default_registry
 
@@ -66,16 +66,15 @@ def export(
 
     from safetensors.torch import save_file
 
-    from histofuse.cli import console
     from histofuse.model import build_model
     from histofuse.recipe import load_recipe
     from histofuse.registry import default_registry
     from histofuse.training.checkpoint import load_weights
 
-    if not (run_dir / "model.safetensors").is_file():
+    if not (RunDir(run_dir).weights).is_file():
         raise HistofuseError(f"{run_dir} has no model.safetensors; is it a finished run directory?")
-    recipe = load_recipe(run_dir / "recipe.toml")
-    classes = json.loads((run_dir / "model.json").read_text())["classes"]
+    recipe = load_recipe(RunDir(run_dir).recipe_file)
+    classes = json.loads((RunDir(run_dir).model_info).read_text())["classes"]
     model = build_model(recipe, default_registry(), len(classes), pretrained=False)
     load_weights(model, run_dir)
     if name not in model.backbones:
