@@ -47,7 +47,7 @@ def bare_epochs(folder: Path, epochs: int) -> np.ndarray:
 
     from histofuse.data.loading import ImageTable, make_loader
     from histofuse.data.split import split_table
-    from histofuse.evaluation import make_eval_transform
+    from histofuse.data.eval_loader import make_eval_transform
     from histofuse.model import apply_phase, build_model
     from histofuse.recipe import load_recipe
     from histofuse.registry import default_registry

@@ -48,7 +48,8 @@ def colour_aucs(recipe) -> tuple[float, float, float]:
     from histofuse.color_baseline import lab_stats
     from histofuse.data.decode import decode_image
     from histofuse.data.split import split_table
-    from histofuse.evaluation import fit_on_training_split, load_external
+    from histofuse.evaluation.fitting import fit_on_training_split
+    from histofuse.evaluation.sets import load_external
     from histofuse.metrics import classification_metrics
     from histofuse.registry import default_registry
     from histofuse.run import load_table

@@ -21,7 +21,8 @@ class LoadedRun:
     """The model of ``run_dir`` in eval mode, with the run's eval transform, normalizer and locked calibration."""
 
     def __init__(self, run_dir: Path):
-        from histofuse.evaluation import EvaluationState, build_normalizer, make_eval_transform
+        from histofuse.data.eval_loader import make_eval_transform
+        from histofuse.evaluation.fitting import EvaluationState, build_normalizer
         from histofuse.model import build_model
         from histofuse.recipe import load_recipe
         from histofuse.registry import default_registry
@@ -187,7 +188,7 @@ def _ensemble_normalized(run, inputs, *, tta: str, batch_size: int, num_workers:
 def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: int, num_workers: int, unchanged: dict):
     """The loader's batches; normalizing, each tile the normalizer left unchanged lands in ``unchanged`` by index
     (the normalizer runs in the workers, whose own counts never reach this process)."""
-    from histofuse.evaluation import collect_unchanged, make_eval_loader
+    from histofuse.data.eval_loader import collect_unchanged, make_eval_loader
 
     loader = make_eval_loader(frame, run.classes, run.transform_for(tta), run.normalizer if normalize else None,
                               batch_size, num_workers, max_pixels=run.recipe.data.max_image_pixels)

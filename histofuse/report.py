@@ -297,7 +297,7 @@ def _confusion(matrix: np.ndarray, classes: list[str]):
 
 
 def _comparison(comparison: dict) -> str:
-    from histofuse.stain_comparison import comparison_cell, unchanged_reasons
+    from histofuse.evaluation.comparison import comparison_cell, unchanged_reasons
 
     methods = list(next(iter(comparison.values())))
     rows = [[name, *(comparison_cell(row[m]) for m in methods)] for name, row in comparison.items()]

@@ -59,7 +59,7 @@ def check_external_sets(recipe: Recipe, registry: Registry, classes: list[str]) 
                 f"Then --set evaluate[{i}].root=/path/to/it"
             )
     if not problems:
-        from histofuse.evaluation import load_external
+        from histofuse.evaluation.sets import load_external
 
         for i, external in enumerate(recipe.evaluate):
             try:
@@ -133,7 +133,7 @@ def run_recipe(
     from accelerate.utils import set_seed
 
     from histofuse.data.loading import ImageTable, class_weights, default_num_workers, make_loader
-    from histofuse.evaluation import make_eval_transform
+    from histofuse.data.eval_loader import make_eval_transform
     from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
     from histofuse.training.epoch_checkpoint import latest_checkpoint
@@ -305,7 +305,8 @@ def evaluate_after_training(*, recipe, registry, accelerator, model, classes, fr
     metrics.json is written after the test split and after every external set, and
     a failing external set is recorded as an error: nothing a long run produced is lost.
     """
-    from histofuse.evaluation import EvaluationState, Evaluator, fit_on_training_split
+    from histofuse.evaluation.fitting import EvaluationState, fit_on_training_split
+    from histofuse.evaluation.sets import Evaluator
 
     normalize = any(e.normalize for e in recipe.evaluate)
     normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console, colour_cache)
@@ -336,8 +337,8 @@ def evaluate_after_training(*, recipe, registry, accelerator, model, classes, fr
 
 def compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, run_dir, console) -> None:
     """The test split and every external set under none and each listed normalizer; a failure loses nothing else."""
-    from histofuse.evaluation import load_external
-    from histofuse.stain_comparison import compare_normalizers, comparison_table, save
+    from histofuse.evaluation.sets import load_external
+    from histofuse.evaluation.comparison import compare_normalizers, comparison_table, save
 
     try:
         sets, seen = {"test": frames["test"]}, set()

@@ -99,7 +99,7 @@ def test_a_phase_on_cached_features_trains_the_head_on_what_the_backbones_comput
     assert json.loads((only_run_dir(tmp_path / "runs") / "metrics.json").read_text())["test"]["n"] > 0
 
     from histofuse.data.loading import ImageTable
-    from histofuse.evaluation import make_eval_transform
+    from histofuse.data.eval_loader import make_eval_transform
     from histofuse.model import build_model
     from histofuse.recipe import parse_recipe
     from histofuse.registry import default_registry
@@ -129,7 +129,7 @@ def test_a_feature_store_passes_each_image_through_the_backbones_once_across_run
     import torch
 
     from histofuse.data.loading import ImageTable
-    from histofuse.evaluation import make_eval_transform
+    from histofuse.data.eval_loader import make_eval_transform
     from histofuse.model import build_model
     from histofuse.recipe import parse_recipe
     from histofuse.registry import default_registry

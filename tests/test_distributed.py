@@ -84,7 +84,7 @@ def single_process_validation(run_dir: Path, state: dict) -> tuple[float, float]
     from accelerate import Accelerator
 
     from histofuse.data.loading import ImageTable, make_loader
-    from histofuse.evaluation import make_eval_transform
+    from histofuse.data.eval_loader import make_eval_transform
     from histofuse.metrics import classification_metrics
     from histofuse.model import build_model
     from histofuse.recipe import load_recipe

@@ -182,7 +182,8 @@ def test_tiles_left_unchanged_in_loader_workers_are_counted_in_the_main_process(
     from histofuse_builtins.synthetic_tissue import patient_stain, render_tile
 
     from histofuse.data.loading import make_loader
-    from histofuse.evaluation import NormalizingTable, collate_unchanged, collect_unchanged, normalization_summary
+    from histofuse.data.eval_loader import NormalizingTable, collate_unchanged, collect_unchanged
+    from histofuse.evaluation.sets import normalization_summary
 
     rng = np.random.default_rng(0)
     tissue = [render_tile(rng, i % 2 == 1, patient_stain(rng, "a"), 96, 64, 200) for i in range(4)]

@@ -59,13 +59,13 @@ def images_to_check(target: str, root: Optional[Path], overrides, options):
     from histofuse.recipe import DataConfig
 
     if root is not None:
-        from histofuse.evaluate_run import scan_dataset
+        from histofuse.evaluation.finished_run import scan_dataset
 
         table = scan_dataset(registry(), target, root, options or [])
         defaults = DataConfig.model_fields
         return table.assign(split="dataset")[["path", "split"]], MAX_PIXELS, defaults["max_failed_fraction"].default
     from histofuse.data.split import assign_folds, split_seed, split_table
-    from histofuse.evaluation import load_external
+    from histofuse.evaluation.sets import load_external
     from histofuse.run import load_table
 
     recipe, components, _ = load_checked(Path(target), overrides)
@@ -96,7 +96,7 @@ def qc_command(
 ) -> None:
     """Score every image for blur and tissue fraction; print a summary and write a CSV."""
     from histofuse.data.decode import decode_image
-    from histofuse.evaluate_run import scan_dataset
+    from histofuse.evaluation.finished_run import scan_dataset
     from histofuse.qc import QCThresholds, qc_summary, run_qc
 
     table = scan_dataset(registry(), dataset, root, option or [])
@@ -127,7 +127,7 @@ def stain_stats(
     """Fit a stain normalizer's statistics on a whole dataset (streaming) and save them as JSON."""
     import json
 
-    from histofuse.evaluate_run import fit_normalizer_on
+    from histofuse.evaluation.finished_run import fit_normalizer_on
 
     state = fit_normalizer_on(registry(), dataset, root, normalizer, option or [], sample, tissue_only, seed)
     out.write_text(json.dumps(state, indent=2))

@@ -74,7 +74,7 @@ def evaluate(
     """Evaluate a finished run on another dataset, with the run's threshold, normalizer and baseline.
     On a cross-validation folder: every fold, then the fold ensemble (added to its cv_metrics.json)."""
     from histofuse.crossval import is_crossval_dir
-    from histofuse.evaluate_run import evaluate_run
+    from histofuse.evaluation.finished_run import evaluate_run
 
     settings = dict(dataset=dataset, root=root, name=name or dataset, options=option or [], label_map=label_map or [],
                     qc=qc, normalize=normalize, tta=tta, console=console)

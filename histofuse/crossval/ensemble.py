@@ -34,7 +34,7 @@ class FoldEnsemble:
 
     def __init__(self, parent: Path):
         from histofuse.crossval.runner import finished_folds
-        from histofuse.evaluation import EvaluationState
+        from histofuse.evaluation.fitting import EvaluationState
         from histofuse.inference import LoadedRun
 
         self.run_dir = Path(parent)

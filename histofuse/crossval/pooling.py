@@ -15,7 +15,7 @@ import pandas as pd
 from histofuse.calibration import expected_calibration_error, youden_threshold
 from histofuse.data.split import split_seed
 from histofuse.errors import HistofuseError
-from histofuse.evaluation import EvaluationState
+from histofuse.evaluation.fitting import EvaluationState
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 from histofuse.rundir import RunDir
 

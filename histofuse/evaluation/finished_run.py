@@ -1,4 +1,4 @@
-"""Commands that work on a finished run or a bare dataset: evaluate, qc, stain-stats."""
+"""Evaluating a finished run on another dataset, and the dataset-level steps behind qc and stain-stats."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_onl
 
 
 def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta, console) -> dict:
-    from histofuse.evaluation import EvaluationState, Evaluator
+    from histofuse.evaluation.fitting import EvaluationState
+    from histofuse.evaluation.sets import Evaluator
     from histofuse.manifest import record_evaluated_set
     from histofuse.model import build_model
     from histofuse.registry import default_registry

@@ -1,112 +1,27 @@
-"""Evaluating a trained model on the test split and on external sets.
-
-Everything fitted for evaluation comes from the run's own data: the decision
-threshold and temperature from the validation split, the stain normalizer and
-the colour-only baseline from the training split. External sets get optional
-quality control, stain normalization and TTA, each reported in their metrics.
-"""
+"""Evaluating one set (the test split, an external set) with what was fitted: QC, normalization, TTA, metrics,
+predictions."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from histofuse.calibration import expected_calibration_error, fit_temperature, softmax, youden_threshold
-from histofuse.color_baseline import ColorBaseline, lab_stats
+from histofuse.calibration import expected_calibration_error, softmax
+from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decode_image, decoded_images
+from histofuse.data.eval_loader import collect_unchanged, make_eval_loader, make_eval_transform
 from histofuse.errors import DataError
+from histofuse.evaluation.fitting import EvaluationState, build_normalizer, calibrate
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 from histofuse.qc import QCThresholds, qc_summary, run_qc
 from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
 from histofuse.rundir import RunDir
 
 log = logging.getLogger("histofuse")
-
-
-@dataclass
-class EvaluationState:
-    """What evaluation fitted, saved with the run so later evaluations reuse it.
-
-    Threshold and temperature are fitted on the validation split once per TTA
-    mode (``calibration[mode] = {"threshold": ..., "temperature": ...}``): views
-    change the score distribution, so a cut fitted without TTA does not hold with it.
-    """
-
-    normalizer: dict | None  # {"name": ..., "options": ..., "state": ...}
-    color_baseline: dict | None
-    calibration: dict[str, dict] = field(default_factory=dict)
-
-    def save(self, run_dir: Path) -> None:
-        RunDir(run_dir).evaluation.write_text(json.dumps(vars(self), indent=2))
-
-    @classmethod
-    def load(cls, run_dir: Path) -> "EvaluationState":
-        return cls(**json.loads(RunDir(run_dir).evaluation.read_text()))
-
-
-def fit_on_training_split(
-    recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, console, colour_cache: dict | None = None
-):
-    """One streaming pass over training images: stain normalizer statistics and colour baseline features.
-
-    ``colour_cache`` ({path: LAB statistics}) is shared by runs over the same images (the folds of a
-    cross-validation): an image measured once is not decoded again for the baseline alone."""
-    cfg = recipe.evaluation
-    normalizer = None
-    if normalize:
-        spec = registry.get("normalizer", cfg.normalizer.name)
-        normalizer = spec.build(**validate_options(spec, cfg.normalizer.options))
-    if normalizer is None and not cfg.color_baseline:
-        return None, None
-    paths = train["path"].tolist()
-    labels = [classes.index(label) for label in train["label"]]
-    if cfg.normalizer.sample and cfg.normalizer.sample < len(paths):
-        chosen = np.random.default_rng(recipe.seed).choice(len(paths), cfg.normalizer.sample, replace=False)
-        paths, labels = [paths[i] for i in sorted(chosen)], [labels[i] for i in sorted(chosen)]
-    cache = {} if colour_cache is None else colour_cache
-
-    def images(todo: list[str]):
-        for position, rgb in decoded_images(todo):  # unreadable ones were reported during training
-            cache[todo[position]] = lab_stats(rgb)
-            yield rgb
-
-    console.print(f"fitting on {len(paths)} training images: " + ", ".join(
-        x for x, on in (("stain normalizer", normalizer is not None and not getattr(normalizer, "fitted", False)),
-                        ("colour baseline", cfg.color_baseline)) if on
-    ))
-    if normalizer is not None and not getattr(normalizer, "fitted", False):
-        normalizer.fit(images(paths))
-    else:
-        for _ in images([p for p in paths if p not in cache]):
-            pass
-    measured = [(cache[p], label) for p, label in zip(paths, labels) if p in cache]
-    stats, kept = [s for s, _ in measured], [label for _, label in measured]
-    baseline = None
-    if cfg.color_baseline and len(set(kept)) > 1:
-        baseline = ColorBaseline().fit(np.stack(stats), np.asarray(kept))
-    saved = None
-    if normalizer is not None:
-        saved = {"name": cfg.normalizer.name, "options": cfg.normalizer.options, "state": normalizer.state}
-    return saved, baseline
-
-
-def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> dict:
-    """Threshold (two classes) and temperature from validation predictions; threshold None means argmax."""
-    cfg = recipe.evaluation
-    temperature = fit_temperature(val_logits, val_labels) if cfg.temperature_scaling else 1.0
-    threshold = None
-    if num_classes == 2:
-        if cfg.threshold == "youden":
-            threshold = youden_threshold(val_labels, softmax(val_logits, temperature)[:, 1])
-        elif isinstance(cfg.threshold, float):
-            threshold = cfg.threshold
-    return {"threshold": threshold, "temperature": temperature}
 
 
 def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> pd.DataFrame:
@@ -208,8 +123,6 @@ def evaluate_frame(
     return metrics
 
 
-
-
 def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, result, classes: list[str], temperature: float):
     """The validation probabilities the threshold was fitted on: cross-validation pools them over folds to lock
     the fold ensemble's threshold without touching any test fold or external set."""
@@ -218,88 +131,6 @@ def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, r
     for i, cls in enumerate(classes):
         out[f"prob_{cls}"] = probs[:, i]
     out.to_csv(RunDir(run_dir).validation_predictions(tta), index=False)
-
-
-def make_eval_transform(hooks, data, tta: str = "none"):
-    """Resize and centre-crop as the recipe's data section says; no randomness. Multi-crop TTA keeps the whole
-    resized square, from which its views are cut."""
-    from histofuse.tta import MULTI_CROP
-
-    size = data.resize_to if tta in MULTI_CROP else data.image_size
-    return hooks.make_transforms(
-        stage="eval", strength="none", image_size=size, resize=data.resize_to, stain_jitter=0.0, stain_jitter_method="hestain",
-    )
-
-
-def build_normalizer(registry, saved: dict | None):
-    if saved is None:
-        return None
-    spec = registry.get("normalizer", saved["name"])
-    normalizer = spec.build(**validate_options(spec, saved["options"]))
-    normalizer.load_state(saved["state"])
-    return normalizer
-
-
-class NormalizingTable:
-    """The samples of an :class:`ImageTable` that stain-normalizes, each saying why its tile was left unchanged.
-
-    The normalizer runs in the loader's worker processes, each on its own copy of it: counts kept there
-    never reach the main process. So the reason travels with the sample (``"unchanged"``), and
-    :func:`collect_unchanged` gathers it where the batches arrive. A normalizer without ``normalize``
-    (a plugin's) just transforms.
-    """
-
-    def __init__(self, table: pd.DataFrame, classes: list[str], transform, normalizer, **options):
-        from histofuse.data.loading import ImageTable
-
-        self.normalizer = normalizer
-        self.reason: str | None = None
-        preprocess = self._normalize if hasattr(normalizer, "normalize") else normalizer.transform
-        self.images = ImageTable(table, classes, transform, preprocess=preprocess, **options)
-        self.labels = self.images.labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def _normalize(self, rgb):
-        rgb, self.reason = self.normalizer.normalize(rgb)
-        return rgb
-
-    def __getitem__(self, key) -> dict:
-        self.reason = None
-        sample = self.images[key]
-        if self.reason is not None and "error" not in sample:
-            sample["unchanged"] = self.reason
-        return sample
-
-
-def collate_unchanged(samples: list[dict]) -> dict:
-    """:func:`collate`, keeping each sample's reason for being left unchanged as {dataset index: reason}."""
-    from histofuse.data.loading import collate
-
-    batch = collate(samples)
-    batch["unchanged"] = {s["index"]: s["unchanged"] for s in samples if "unchanged" in s}
-    return batch
-
-
-def collect_unchanged(loader, reasons: dict):
-    """The batches of ``loader``, their tiles left unchanged gathered into ``reasons`` by dataset index
-    (an index a distributed sampler repeats is counted once)."""
-    for batch in loader:
-        reasons.update(batch.pop("unchanged", {}))
-        yield batch
-
-
-def make_eval_loader(frame: pd.DataFrame, classes: list[str], transform, normalizer, batch_size: int, num_workers: int, **options):
-    """An evaluation loader over ``frame``; with a ``normalizer``, each tile it leaves unchanged carries its
-    reason, which :func:`collect_unchanged` gathers where the batches arrive."""
-    from histofuse.data.loading import ImageTable, make_loader
-
-    if normalizer is None:
-        dataset = ImageTable(frame, classes, transform, **options)
-    else:
-        dataset = NormalizingTable(frame, classes, transform, normalizer, **options)
-    return make_loader(dataset, batch_size, train=False, num_workers=num_workers, collate_fn=collate_unchanged)
 
 
 def normalization_summary(method: str, normalizer, reasons: dict, accelerator) -> dict:
