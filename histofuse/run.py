@@ -138,7 +138,7 @@ def run_recipe(
     from histofuse.training.checkpoint import load_weights
     from histofuse.training.epoch_checkpoint import latest_checkpoint
     from histofuse.training.history import History
-    from histofuse.training.trackers import Trackers, check_trackers
+    from histofuse.training.trackers import Trackers
     from histofuse.training.trainer import Trainer
 
     from histofuse.manifest import started_now
@@ -146,7 +146,6 @@ def run_recipe(
     started = time.perf_counter()
     started_at = started_now()
     hooks = registry.pm.hook
-    check_trackers(recipe.training.log_with)
     accelerator = make_accelerator(recipe)
     if not accelerator.is_main_process:
         console.quiet = True  # one process talks

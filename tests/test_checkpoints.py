@@ -233,6 +233,9 @@ def test_a_run_logs_to_tensorboard_and_refuses_a_missing_tracker(tmp_path, tiny_
     with pytest.raises(HistofuseError, match=f"training.log_with names {missing}, which is not installed here: pip install {missing}"):
         run_cli(["run", str(recipe), "-o", str(tmp_path / "runs2"), "--set", f'training.log_with=["{missing}"]'])
     assert not (tmp_path / "runs2").exists()  # refused before anything was created
+    # recipe check runs the same checks as run (histofuse.preflight): it refuses the tracker too.
+    with pytest.raises(HistofuseError, match=f"training.log_with names {missing}, which is not installed here"):
+        run_cli(["recipe", "check", str(recipe), "--set", f'training.log_with=["{missing}"]'])
 
 
 def test_a_plugin_named_in_histofuse_plugins_is_loaded_and_a_broken_one_reported(monkeypatch, tmp_path):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional, get_args
+from typing import get_args
 
 import typer
 from rich.console import Console
@@ -41,25 +40,3 @@ def registry():
     from histofuse.registry import default_registry
 
     return default_registry()
-
-
-def load_checked(recipe_path: Path, overrides: Optional[List[str]]):
-    """Parse, cross-check and dry-build a recipe; raise one RecipeError listing every problem."""
-    from histofuse.contracts import check_contracts
-    from histofuse.errors import RecipeError
-    from histofuse.recipe import check_recipe, load_recipe
-    from histofuse.recipe_files import resolve_recipe
-    from histofuse.summary import check_model
-
-    recipe_path = resolve_recipe(recipe_path)  # a bare name (quickstart) is a shipped recipe
-    recipe = load_recipe(recipe_path, overrides or [])
-    components = registry()
-    problems = check_recipe(recipe, components)
-    if problems:
-        raise RecipeError(str(recipe_path), problems)
-    problems, model = check_model(recipe, components)
-    if not problems:
-        problems = check_contracts(recipe, components, model)
-    if problems:
-        raise RecipeError(str(recipe_path), problems)
-    return recipe, components, model

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from histofuse.cli.app import SetOption, app, console, data_app, load_checked, registry
+from histofuse.cli.app import SetOption, app, console, data_app, registry
+from histofuse.preflight import preflight
 
 
 @data_app.command("check")
@@ -68,7 +69,7 @@ def images_to_check(target: str, root: Optional[Path], overrides, options):
     from histofuse.evaluation.sets import load_external
     from histofuse.run import load_table
 
-    recipe, components, _ = load_checked(Path(target), overrides)
+    recipe, components, _ = preflight(Path(target), overrides)
     table, classes = load_table(recipe, components)
     split = recipe.data.split
     if split.folds is not None and split.fold is None:  # a cross-validation: each image's fold is its split

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from histofuse.cli.app import SetOption, console, load_checked, recipe_app
+from histofuse.cli.app import SetOption, console, recipe_app
+from histofuse.preflight import preflight
 
 
 @recipe_app.command("check")
@@ -21,7 +22,7 @@ def recipe_check(
     from histofuse.recipe import recipe_to_toml
     from histofuse.cli.tables import describe_recipe
 
-    parsed, registry, model = load_checked(recipe, set_)
+    parsed, registry, model = preflight(recipe, set_)
     for table in describe_recipe(parsed, registry, model):
         console.print(table)
     console.print(f"[green]ok[/]: {escape(str(recipe))} is valid")

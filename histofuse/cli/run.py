@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from histofuse.cli.app import SetOption, app, console, err_console, load_checked
+from histofuse.cli.app import SetOption, app, console, err_console
 from histofuse.cli.tables import metrics_table
+from histofuse.preflight import preflight
 from histofuse.rundir import RunDir
 
 
@@ -44,7 +45,7 @@ def run(
     elif recipe is None:
         raise typer.BadParameter("give a recipe file, or --resume RUN_DIR", param_hint="RECIPE")
     overrides = list(set_ or []) + ([f"data.split.folds={folds}"] if folds is not None else [])
-    parsed, registry, _ = load_checked(recipe, overrides)
+    parsed, registry, _ = preflight(recipe, overrides)
     if folds is not None and parsed.data.split.fold is not None:
         raise typer.BadParameter(
             f"the recipe trains only fold {parsed.data.split.fold} (data.split.fold); remove it to cross-validate",

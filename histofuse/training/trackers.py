@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histofuse.errors import HistofuseError
 
 # The package each tracker needs, for the message when it is missing.
 PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "comet_ml": "comet-ml"}
 
 
-def check_trackers(names: list[str]) -> None:
-    """Refuse, before training, a tracker whose package is not installed (Accelerate would drop it with a warning)."""
+def tracker_problems(names: list[str]) -> list[str]:
+    """A tracker whose package is not installed, said before training (Accelerate would drop it with a warning)."""
     if not names:
-        return
+        return []
     from accelerate.tracking import get_available_trackers
 
     available = {str(t) for t in get_available_trackers()}
     missing = [n for n in names if n not in available]
-    if missing:
-        packages = " ".join(PACKAGES.get(n, n) for n in missing)
-        raise HistofuseError(
-            f"training.log_with names {', '.join(missing)}, which is not installed here: pip install {packages}, "
-            "or remove it from the recipe (history.csv is always written)"
-        )
+    if not missing:
+        return []
+    packages = " ".join(PACKAGES.get(n, n) for n in missing)
+    return [f"training.log_with names {', '.join(missing)}, which is not installed here: pip install {packages}, "
+            "or remove it from the recipe (history.csv is always written)"]
 
 
 class Trackers:
