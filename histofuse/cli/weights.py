@@ -8,7 +8,6 @@ import typer
 
 from histofuse.cli.app import console, weights_app
 from histofuse.errors import HistofuseError, WeightsError
-from histofuse.rundir import RunDir
 
 
 
@@ -62,21 +61,11 @@ def export(
     out: Path = typer.Argument(..., help="Where to write the .safetensors file."),
 ) -> None:
     """Write one backbone's trained weights, in its family's own names, for pretrained = "OUT" in another recipe."""
-    import json
-
     from safetensors.torch import save_file
 
-    from histofuse.model import build_model
-    from histofuse.recipe import load_recipe
-    from histofuse.registry import default_registry
-    from histofuse.training.checkpoint import load_weights
+    from histofuse.inference import LoadedRun
 
-    if not (RunDir(run_dir).weights).is_file():
-        raise HistofuseError(f"{run_dir} has no model.safetensors; is it a finished run directory?")
-    recipe = load_recipe(RunDir(run_dir).recipe_file)
-    classes = json.loads((RunDir(run_dir).model_info).read_text())["classes"]
-    model = build_model(recipe, default_registry(), len(classes), pretrained=False)
-    load_weights(model, run_dir)
+    model = LoadedRun(run_dir).model
     if name not in model.backbones:
         raise HistofuseError(f"run has no backbone '{name}'; its backbones are: {', '.join(model.backbones)}")
     backbone = model.backbones[name]

@@ -17,7 +17,6 @@ from histofuse.recipe import (
     QCConfig,
     check_options,
     format_validation_errors,
-    load_recipe,
     parse_value,
     validate_options,
 )
@@ -73,13 +72,10 @@ def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_onl
 
 
 def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta, console) -> dict:
-    from histofuse.evaluation.fitting import EvaluationState
     from histofuse.evaluation.sets import Evaluator
+    from histofuse.inference import LoadedRun
     from histofuse.manifest import record_evaluated_set
-    from histofuse.model import build_model
-    from histofuse.registry import default_registry
     from histofuse.run import make_accelerator
-    from histofuse.training.checkpoint import load_weights
 
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
@@ -91,10 +87,8 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
         raise HistofuseError("--name test is reserved for the run's own test split; choose another name")
     if tta not in get_args(TTA):
         raise RecipeError("--tta", [f"expected one of {', '.join(get_args(TTA))}, got '{tta}'"])
-    recipe = load_recipe(RunDir(run_dir).recipe_file)
-    registry = default_registry()
-    meta = json.loads((RunDir(run_dir).model_info).read_text())
-    classes = meta["classes"]
+    run = LoadedRun(run_dir)
+    recipe, registry, classes = run.recipe, run.registry, run.classes
     _, parsed_options = dataset_options(registry, dataset, options)
     try:
         external = ExternalSetConfig(
@@ -107,12 +101,10 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     accelerator = make_accelerator(recipe)
     if not accelerator.is_main_process:
         console.quiet = True
-    model = build_model(recipe, registry, len(classes), pretrained=False)
-    load_weights(model, run_dir)
-    split = pd.read_csv(RunDir(run_dir).split, dtype={"group": str, "label": str})
+    split = pd.read_csv(layout.split, dtype={"group": str, "label": str})
     evaluator = Evaluator(
-        accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes,
-        state=EvaluationState.load(run_dir), val_frame=split[split["split"] == "val"].reset_index(drop=True),
+        accelerator=accelerator, model=run.model, recipe=recipe, registry=registry, classes=classes,
+        state=run.state, val_frame=split[split["split"] == "val"].reset_index(drop=True),
         run_dir=run_dir, console=console,
     )
     metrics = evaluator.evaluate_external(external)
