@@ -50,7 +50,7 @@ step model_speed "Model speed: frozen phase, bf16 + channels-last, batched TTA, 
 step overhead "Framework overhead per epoch" python benchmarks/overhead.py
 step quickstart "The quick start, as the README runs it" python benchmarks/quickstart.py --keep "$HISTOFUSE_FIGURES/runs"
 # The web app serves the quick start's run when it was trained above; otherwise the script trains a tiny one.
-trained=$(find "$HISTOFUSE_FIGURES/runs" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | head -n 1)
+trained=$(find "$HISTOFUSE_FIGURES/runs" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | head -n 1 || true)
 step serve_load "Web app under load" python benchmarks/serve_load.py $trained --clients 8 --requests 20
 step fusions "Fusion heads" python benchmarks/fusions.py
 step crossval_cost "Cross-validation cost, quick-start backbones" python benchmarks/crossval_cost.py
