@@ -20,12 +20,15 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from _results import Figures
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -169,7 +172,26 @@ def main() -> None:
     figures["projected_minutes_paper_30_epochs_bf16"] = projected_minutes(
         figures["training_images_per_s"]["bf16"], best_loader, figures["inference_images_per_s_bf16"])
     args.out.write_text(json.dumps(figures, indent=2))
+    record(figures)
     report(figures, args)
+
+
+def record(figures: dict) -> None:
+    """The same figures for benchmarks/results.json, when run by run_all.sh (``bash benchmarks/run_all.sh gpu_check``)."""
+    kept = Figures("gpu_check")
+    for precision, phases in figures["training_images_per_s"].items():
+        for phase, rate in phases.items():
+            kept.add(f"training.{precision}.{phase}.images_per_s", rate, "images/s")
+    compiled = figures["compile_full_phase_bf16"]
+    kept.add("compile.full_bf16.images_per_s", compiled["compiled"], "images/s")
+    kept.add("compile.full_bf16.x_eager", compiled["compiled"] / compiled["eager"], "x")
+    for name, rate in figures["loader_images_per_s"].items():
+        key = re.sub(r"\W+", "_", name).strip("_")  # "decode cache, warm" -> decode_cache_warm
+        kept.add(f"loader.{key}.images_per_s", rate, "images/s")
+    kept.add("inference.bf16.images_per_s", figures["inference_images_per_s_bf16"], "images/s")
+    for name, minutes in figures["projected_minutes_paper_30_epochs_bf16"].items():
+        kept.add(f"projected_minutes.{name}", minutes, "min")
+    kept.save()
 
 
 def report(figures: dict, args) -> None:
@@ -186,7 +208,7 @@ def report(figures: dict, args) -> None:
     minutes = figures["projected_minutes_paper_30_epochs_bf16"]
     print("projected paper run (30 epochs, bf16): " + ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()))
     print(f"figures: {args.out}")
-    print(f"rerun: python benchmarks/gpu_check.py{' --smoke' if args.smoke else ''}")
+    print("rerun: bash benchmarks/run_all.sh gpu_check" if not args.smoke else "rerun: python benchmarks/gpu_check.py --smoke")
 
 
 if __name__ == "__main__":
