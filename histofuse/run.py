@@ -20,8 +20,6 @@ from histofuse.registry import Registry
 from histofuse.rundir import RunDir
 
 
-
-
 def resolve_root(recipe: Recipe, registry: Registry) -> Path:
     spec = registry.get("dataset", recipe.data.dataset)
     if recipe.data.root is None:
@@ -132,16 +130,13 @@ def run_recipe(
     import torch
     from accelerate.utils import set_seed
 
-    from histofuse.data.loading import ImageTable, class_weights, default_num_workers, make_loader
-    from histofuse.data.eval_loader import make_eval_transform
+    from histofuse.data.loading import class_weights
+    from histofuse.data.run_loaders import run_loaders
+    from histofuse.manifest import started_now
     from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
-    from histofuse.training.epoch_checkpoint import latest_checkpoint
-    from histofuse.training.history import History
     from histofuse.training.trackers import Trackers
     from histofuse.training.trainer import Trainer
-
-    from histofuse.manifest import started_now
 
     started = time.perf_counter()
     started_at = started_now()
@@ -158,23 +153,7 @@ def run_recipe(
         table = permute_training_labels(table, recipe.seed)
         console.print("[yellow]permutation control:[/] the training patients' labels are shuffled (data.permute_labels)")
 
-    checkpoint = None
-    if resume is not None:
-        run_dir = resume
-        check_same_split(table, run_dir)
-        if RunDir(run_dir).metrics.exists() and not RunDir(run_dir).checkpoints.exists():
-            raise HistofuseError(f"{run_dir} has finished (metrics.json is written); there is nothing to resume")
-        checkpoint = latest_checkpoint(run_dir, lambda message: console.print(f"warning: {message}", markup=False))
-        console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
-        History(RunDir(run_dir).history, accelerator.is_main_process).truncate(checkpoint.state.epoch)
-    else:
-        if accelerator.is_main_process:
-            run_dir = _make_dir(run_dir) if run_dir is not None else create_run_dir(output_dir, recipe.name)
-        run_dir = Path(broadcast(accelerator, str(run_dir) if accelerator.is_main_process else ""))
-        if accelerator.is_main_process:
-            (RunDir(run_dir).recipe_file).write_text(recipe_to_toml(recipe))
-            table.to_csv(RunDir(run_dir).split, index=False)
-    accelerator.wait_for_everyone()  # nobody rewrites history.csv while another process still reads the run
+    run_dir, checkpoint = _open_run_dir(recipe, table, accelerator, output_dir, resume, run_dir, console)
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
     console.print(_split_summary(table, classes), markup=False)
 
@@ -184,43 +163,8 @@ def run_recipe(
         model = model.to(memory_format=torch.channels_last)
     console.print(f"model: {count_parameters(model) / 1e6:.2f}M parameters")
     frames = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    data = recipe.data
-    workers = data.num_workers if data.num_workers is not None else default_num_workers()
-    eval_batch = data.eval_batch_size or data.batch_size
-    eval_transform = make_eval_transform(hooks, data)
+    make_train_loader, val_loader = run_loaders(recipe, hooks, classes, frames, table["path"].tolist(), accelerator, console)
     train_labels = [classes.index(label) for label in frames["train"]["label"]]
-
-    magnifications = recipe.model.magnification.values if recipe.model.magnification.enabled else None
-    cache = None
-    if data.cache:
-        from histofuse.data.cache import default_cache_dir, warm_cache
-
-        with accelerator.main_process_first():  # one process builds, the others then read what it wrote
-            cache = warm_cache(table["path"].tolist(), Path(data.cache_dir or default_cache_dir()), data.resize_to,
-                               data.max_image_pixels, console)
-
-    def make_train_loader(phase_index: int, strength: str):
-        phase = recipe.phases[phase_index]
-        transform = hooks.make_transforms(
-            stage="train", strength=strength, image_size=data.image_size, resize=data.resize_to, stain_jitter=phase.stain_jitter,
-            stain_jitter_method=phase.stain_jitter_method,
-        )
-        dataset = ImageTable(
-            frames["train"], classes, transform, magnifications=magnifications, max_pixels=data.max_image_pixels, cache=cache
-        )
-        balanced = recipe.training.sampler == "balanced"
-        # A seed per phase, so phase 2 does not replay phase 1's sample order and augmentations.
-        seed = recipe.seed * 1000 + phase_index
-        return make_loader(
-            dataset, data.batch_size, train=True, balanced=balanced, num_workers=workers, seed=seed, prefetch=data.prefetch
-        )
-
-    def make_eval_loader(frame: pd.DataFrame):  # the validation split during training
-        dataset = ImageTable(
-            frame, classes, eval_transform, magnifications=magnifications, max_pixels=data.max_image_pixels, cache=cache
-        )
-        return make_loader(dataset, eval_batch, train=False, num_workers=workers, prefetch=data.prefetch)
-
     weights = None
     if recipe.training.class_weights == "balanced":
         weights = class_weights(train_labels, len(classes)).to(accelerator.device)
@@ -228,7 +172,7 @@ def run_recipe(
     meta = {"recipe": recipe.model_dump(mode="json"), "classes": classes, "histofuse": _version()}
     trainer = Trainer(
         model=model, recipe=recipe, classes=classes, accelerator=accelerator, make_train_loader=make_train_loader,
-        val_loader=make_eval_loader(frames["val"]), criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
+        val_loader=val_loader, criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
         console=console, dataset_size=len(table), resume=checkpoint, feature_store=feature_store,
         trackers=Trackers(recipe.training.log_with, run_dir, recipe.name, recipe.model_dump(mode="json"), accelerator.is_main_process),
     )
@@ -248,20 +192,51 @@ def run_recipe(
         failed_images=dict(sorted({**state.failed, **metrics["test"]["failed_images"]}.items())), seconds=time.perf_counter() - started,
         training_faults=state.faults,
     )
+    _finish(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, console,
+            trainer, state.epoch, hooks)
+    if last:
+        accelerator.end_training()
+    return run_dir
+
+
+def _open_run_dir(recipe, table, accelerator, output_dir: Path, resume: Path | None, run_dir: Path | None, console):
+    """The run directory (new, or the one resumed) and the checkpoint to resume from; every process gets the same."""
+    from histofuse.training.epoch_checkpoint import latest_checkpoint
+    from histofuse.training.history import History
+
+    checkpoint = None
+    if resume is not None:
+        run_dir = resume
+        check_same_split(table, run_dir)
+        if RunDir(run_dir).metrics.exists() and not RunDir(run_dir).checkpoints.exists():
+            raise HistofuseError(f"{run_dir} has finished (metrics.json is written); there is nothing to resume")
+        checkpoint = latest_checkpoint(run_dir, lambda message: console.print(f"warning: {message}", markup=False))
+        console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
+        History(RunDir(run_dir).history, accelerator.is_main_process).truncate(checkpoint.state.epoch)
+    else:
+        if accelerator.is_main_process:
+            run_dir = _make_dir(run_dir) if run_dir is not None else create_run_dir(output_dir, recipe.name)
+        run_dir = Path(broadcast(accelerator, str(run_dir) if accelerator.is_main_process else ""))
+        if accelerator.is_main_process:
+            RunDir(run_dir).recipe_file.write_text(recipe_to_toml(recipe))
+            table.to_csv(RunDir(run_dir).split, index=False)
+    accelerator.wait_for_everyone()  # nobody rewrites history.csv while another process still reads the run
+    return run_dir, checkpoint
+
+
+def _finish(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console, trainer, epoch, hooks):
+    """Metrics, trackers, hooks and records written; checkpoints removed; the run marked finished, last."""
     _write_metrics(accelerator, run_dir, metrics)
-    trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=state.epoch)
+    trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=epoch)
     trainer.trackers.finish()
     hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
     if accelerator.is_main_process:
-        write_records(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, console)
+        write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console)
     if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
         # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
         shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
     if accelerator.is_main_process:  # last: a run killed before this line is not finished, whatever else it wrote
         RunDir(run_dir).finished.write_text(json.dumps({"finished": datetime.now().astimezone().isoformat(timespec="seconds")}))
-    if last:
-        accelerator.end_training()
-    return run_dir
 
 
 def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console) -> None:

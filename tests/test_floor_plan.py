@@ -22,7 +22,7 @@ PLUGINS = sorted((REPO / "plugins").rglob("*.py"))
 MAX_LINES = 300
 # Still drawing on the screen through a rich console passed down from the command line.
 STILL_DRAWING = {"run.py", "evaluation/comparison.py", "data/cache.py", "training/progress.py", "training/trainer.py"}
-OVER_BUDGET = {"training/trainer.py": 437, "run.py": 386, "report.py": 318}
+OVER_BUDGET = {"training/trainer.py": 437, "run.py": 360, "report.py": 318}
 
 
 def imported(path: Path) -> set[str]:
