@@ -21,6 +21,8 @@ from pathlib import Path
 
 from _results import Figures
 
+from histofuse.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,12 +42,12 @@ def run_quickstart(output_dir: Path) -> tuple[float, Path]:
 
 
 def record_run(figures: Figures, run_dir: Path) -> None:
-    for name, entry in json.loads((run_dir / "metrics.json").read_text()).items():
+    for name, entry in json.loads(RunDir(run_dir).metrics.read_text()).items():
         if "error" in entry:  # the run printed why; a set that failed has no figures
             continue
         figures.add(f"{name}.auc", entry["auc"], "AUC")
         figures.add(f"{name}.colour_only_auc", entry["color_baseline"]["auc"], "AUC")
-    with (run_dir / "history.csv").open(newline="") as f:
+    with RunDir(run_dir).history.open(newline="") as f:
         for row in csv.DictReader(f):
             figures.add(f"epoch{row['epoch']}.train_loss", float(row["train_loss"]), "loss")
             if row["val_auc"]:  # empty when the validation split held one class that epoch

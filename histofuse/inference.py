@@ -36,17 +36,16 @@ class LoadedRun:
                 f"'{self.run_dir}' is not a finished run directory ({', '.join(missing)} missing); "
                 "give the folder that histofuse run printed at its end"
             )
-        self.recipe = load_recipe(RunDir(self.run_dir).recipe_file)
+        self.recipe = load_recipe(layout.recipe_file)
         self.registry = default_registry()
-        self.meta = json.loads((RunDir(self.run_dir).model_info).read_text())
+        self.meta = json.loads(layout.model_info.read_text())
         self.classes: list[str] = self.meta["classes"]
         self.model = build_model(self.recipe, self.registry, len(self.classes), pretrained=False)
         load_weights(self.model, self.run_dir)
         self.model.eval()
         self.transform = make_eval_transform(self.registry.pm.hook, self.recipe.data)
         self.multi_crop_transform = make_eval_transform(self.registry.pm.hook, self.recipe.data, "crops5")
-        state_file = RunDir(self.run_dir).evaluation
-        self.state = EvaluationState.load(self.run_dir) if state_file.is_file() else EvaluationState(None, None, {})
+        self.state = EvaluationState.load(self.run_dir) if layout.evaluation.is_file() else EvaluationState(None, None, {})
         self.normalizer = build_normalizer(self.registry, self.state.normalizer)
 
     @property
@@ -133,10 +132,8 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
     from histofuse.data.decode import decoded_images
     from histofuse.recipe import TTA
 
-    TTA_MODES = get_args(TTA)
-
-    if tta not in TTA_MODES:
-        raise HistofuseError(f"--tta: expected one of {', '.join(TTA_MODES)}, got '{tta}'")
+    if tta not in get_args(TTA):
+        raise HistofuseError(f"--tta: expected one of {', '.join(get_args(TTA))}, got '{tta}'")
     if normalize and hasattr(run, "members"):
         return _ensemble_normalized(run, inputs, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
     if normalize and run.normalizer is None:

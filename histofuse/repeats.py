@@ -31,7 +31,7 @@ def summarize(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
     rows = []
     for run_dir in run_dirs:
         recipe_seed = load_recipe(RunDir(run_dir).recipe_file).seed  # a run, or a cross-validation's parent folder
-        for name, m in json.loads((RunDir(run_dir).metrics).read_text()).items():
+        for name, m in json.loads(RunDir(run_dir).metrics.read_text()).items():
             if "error" not in m:
                 m = {**m, "colour_only_auc": (m.get("color_baseline") or {}).get("auc")}
                 rows.append({"run": run_dir.name, "seed": recipe_seed, "set": name, **{k: m.get(k) for k in HEADLINE}})

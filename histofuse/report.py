@@ -20,33 +20,33 @@ def write_report(run_dir: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    run_dir = Path(run_dir)
-    figures_dir = RunDir(run_dir).report_figures
+    layout = RunDir(run_dir)
+    figures_dir = layout.report_figures
     figures_dir.mkdir(exist_ok=True)
-    metrics = _json(RunDir(run_dir).metrics) or {}
-    sections = [f"<h1>{_e(run_dir.name)}</h1>"]
-    manifest = _json(RunDir(run_dir).manifest)
+    metrics = _json(layout.metrics) or {}
+    sections = [f"<h1>{_e(layout.path.name)}</h1>"]
+    manifest = _json(layout.manifest)
     if manifest:
         sections.append(_summary(manifest))
-    history = RunDir(run_dir).history
+    history = layout.history
     if history.is_file():
         sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", _curves(pd.read_csv(history))))
-    cross_validation = _json(RunDir(run_dir).cv_metrics)
+    cross_validation = _json(layout.cv_metrics)
     if cross_validation:
-        sections.append(_cross_validation(run_dir, figures_dir, cross_validation))
+        sections.append(_cross_validation(layout.path, figures_dir, cross_validation))
     for name, entry in metrics.items():
-        sections.append(_set_section(run_dir, figures_dir, name, entry))
-    comparison = _json(RunDir(run_dir).stain_comparison)
+        sections.append(_set_section(layout.path, figures_dir, name, entry))
+    comparison = _json(layout.stain_comparison)
     if comparison:
         sections.append(_comparison(comparison))
-    evaluation = _json(RunDir(run_dir).evaluation)
+    evaluation = _json(layout.evaluation)
     if evaluation and evaluation.get("normalizer"):
         sections.append("<h2>Stain normalizer (fitted on the training split)</h2><pre>" + _e(json.dumps(evaluation["normalizer"], indent=1)) + "</pre>")
-    recipe = RunDir(run_dir).recipe_file
+    recipe = layout.recipe_file
     if recipe.is_file():
         sections.append("<h2>Resolved recipe</h2><pre>" + _e(recipe.read_text()) + "</pre>")
-    page = RunDir(run_dir).report
-    page.write_text(_page(run_dir.name, "\n".join(sections)))
+    page = layout.report
+    page.write_text(_page(layout.path.name, "\n".join(sections)))
     return page
 
 
@@ -138,7 +138,7 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
     parts = [f"<h2>{_e(name)}</h2>", _table(["metric", "value"], rows)]
     figures = []
     predictions = RunDir(run_dir).predictions(name)
-    if name == "test" and (RunDir(run_dir).oof_predictions).is_file():
+    if name == "test" and RunDir(run_dir).oof_predictions.is_file():
         predictions = RunDir(run_dir).oof_predictions
     if predictions.is_file() and len(m.get("classes", [])) == 2:
         figures.append(_figure(figures_dir, f"roc_{name}.png", _roc(pd.read_csv(predictions), m)))

@@ -333,7 +333,7 @@ def compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, 
 
 def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
     if accelerator.is_main_process:
-        (RunDir(run_dir).metrics).write_text(json.dumps(metrics, indent=2))
+        RunDir(run_dir).metrics.write_text(json.dumps(metrics, indent=2))
 
 
 def broadcast(accelerator, value: str) -> str:

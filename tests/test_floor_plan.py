@@ -81,27 +81,20 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     assert {"histofuse_builtins.stain_matrix", "rich.table", "histofuse.training.checkpoint"} <= imported(module)
 
 
+def string_constants(path: Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
 def test_only_the_run_directory_module_spells_a_run_directory_file_name():
     layout = PACKAGE / "rundir.py"
-    file_names = {
-        node.value for node in ast.walk(ast.parse(layout.read_text()))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value[1:] and " " not in node.value
-    }
+    file_names = {s for s in string_constants(layout) if "." in s[1:] and " " not in s}
     assert {"metrics.json", "model.safetensors", "predictions.csv", "recipe.toml"} <= file_names
     # A checkpoint folder has files of its own, some named like the run's (its weights, its manifest).
     own_layout = {"training/epoch_checkpoint.py": {"model.safetensors", "manifest.json"}}
     spelled = {}
-    for path in CORE:
-        if path == layout:
-            continue
-        strings = {node.value for node in ast.walk(ast.parse(path.read_text()))
-                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
-        found = (strings & file_names) - own_layout.get(name(path), set())
-        if found:
+    for path in [*CORE, *(PACKAGE / "cli").glob("*.py")]:
+        found = (string_constants(path) & file_names) - own_layout.get(name(path), set())
+        if path != layout and found:
             spelled[name(path)] = sorted(found)
-    for path in (PACKAGE / "cli").glob("*.py"):
-        strings = {node.value for node in ast.walk(ast.parse(path.read_text()))
-                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
-        if strings & file_names:
-            spelled[f"cli/{path.name}"] = sorted(strings & file_names)
     assert spelled == {}

@@ -89,7 +89,7 @@ def evaluate(
             console.rule(fold.name)
             evaluate_run(fold, **settings)
         pool_folds(run_dir, load_recipe(RunDir(run_dir).recipe_file), console)
-        metrics = json.loads((RunDir(run_dir).metrics).read_text())[settings["name"]]
+        metrics = json.loads(RunDir(run_dir).metrics.read_text())[settings["name"]]
         console.print(metrics_table({metrics["name"]: metrics}, cross_validation=True))
         return
     metrics = evaluate_run(run_dir, **settings)
@@ -155,7 +155,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory.")
     from histofuse.manifest import model_card
     from histofuse.report import write_report
 
-    if not (RunDir(run_dir).metrics).is_file():
+    if not RunDir(run_dir).metrics.is_file():
         raise typer.BadParameter(f"'{run_dir}' has no metrics.json: not a finished run directory", param_hint="RUN_DIR")
     page = write_report(run_dir)
     manifest, cross_validation = RunDir(run_dir).manifest, RunDir(run_dir).cv_metrics

@@ -70,7 +70,7 @@ def run(
         return
     import json
 
-    metrics = json.loads((RunDir(run_dir).metrics).read_text())
+    metrics = json.loads(RunDir(run_dir).metrics.read_text())
     console.print(metrics_table(metrics, cross_validation))
     for name, entry in metrics.items():
         if "error" in entry:

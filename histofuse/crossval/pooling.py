@@ -29,7 +29,7 @@ def pool_folds(parent: Path, recipe, console) -> dict:
     from histofuse.crossval.runner import finished_folds
 
     dirs = finished_folds(parent)
-    fold_metrics = [json.loads((RunDir(d).metrics).read_text()) for d in dirs]
+    fold_metrics = [json.loads(RunDir(d).metrics.read_text()) for d in dirs]
     classes = json.loads(RunDir(dirs[0]).model_info.read_text())["classes"]
     cfg = recipe.evaluation
     oof = pd.concat([pd.read_csv(RunDir(d).predictions("test")).assign(fold=k) for k, d in enumerate(dirs, 1)], ignore_index=True)
@@ -75,7 +75,7 @@ def pool_folds(parent: Path, recipe, console) -> dict:
         rows = [fold_row(k, m) for k, m in enumerate(per_fold, 1)]
         report[name] = {"per_fold": rows, "summary": spread(rows), "ensemble": _headline(entry)}
     RunDir(parent).cv_metrics.write_text(json.dumps(report, indent=2))
-    (RunDir(parent).metrics).write_text(json.dumps(metrics, indent=2))
+    RunDir(parent).metrics.write_text(json.dumps(metrics, indent=2))
     RunDir(parent).ensemble.write_text(json.dumps({"folds": [d.name for d in dirs], "calibration": ensemble}, indent=2))
     console.print(cv_summary_text(report), markup=False)
     _write_records(parent, report, console)

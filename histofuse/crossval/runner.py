@@ -25,8 +25,9 @@ def fold_dir(parent: Path, fold: int) -> Path:
 
 def is_crossval_dir(path: Path) -> bool:
     """A parent directory of a cross-validation: its recipe has folds and no single fold."""
-    saved = RunDir(Path(path)).recipe_file
-    if not saved.is_file() or not RunDir(path).folds.is_file():
+    layout = RunDir(path)
+    saved = layout.recipe_file
+    if not saved.is_file() or not layout.folds.is_file():
         return False
     split = load_recipe(saved).data.split
     return split.folds is not None and split.fold is None
@@ -106,7 +107,7 @@ def prepare_parent(recipe: Recipe, registry, output_dir: Path, resume: Path | No
             )
         return resume
     parent = create_run_dir(output_dir, recipe.name)
-    (RunDir(parent).recipe_file).write_text(recipe_to_toml(recipe))
+    RunDir(parent).recipe_file.write_text(recipe_to_toml(recipe))
     with_folds.to_csv(RunDir(parent).folds, index=False)
     return parent
 
@@ -160,8 +161,9 @@ def finished_folds(parent: Path) -> list[Path]:
 
 
 def check_resumable(parent: Path) -> None:
-    if not RunDir(parent).folds.is_file():
-        raise HistofuseError(f"'{parent}' is not a cross-validation directory (it has no {RunDir(parent).folds.name})")
-    if (RunDir(parent).cv_metrics).is_file():
+    layout = RunDir(parent)
+    if not layout.folds.is_file():
+        raise HistofuseError(f"'{parent}' is not a cross-validation directory (it has no {layout.folds.name})")
+    if layout.cv_metrics.is_file():
         raise HistofuseError(f"{parent} has finished (cv_metrics.json is written); there is nothing to resume")
 

@@ -109,7 +109,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     )
     metrics = evaluator.evaluate_external(external)
     if accelerator.is_main_process:
-        path = RunDir(run_dir).metrics
+        path = layout.metrics
         everything = json.loads(path.read_text()) if path.is_file() else {}
         everything[name] = metrics
         path.write_text(json.dumps(everything, indent=2))

@@ -84,7 +84,8 @@ class Checkpoint:
         between, or falling back to an older checkpoint, leaves best weights
         from an epoch this state never saw.
         """
-        weights, meta = RunDir(run_dir).weights, RunDir(run_dir).model_info
+        layout = RunDir(run_dir)
+        weights, meta = layout.weights, layout.model_info
         if not self.state.best_epoch:
             stale = [p for p in (weights, meta) if p.exists()]
             for path in stale:
@@ -142,14 +143,15 @@ def _keep_best(run_dir: Path, partial: Path, state: TrainingState) -> list[str]:
     """Store what restores the best weights of ``state``; the checkpoint's own model is them when the best epoch is this one."""
     if not state.best_epoch:
         return []
-    shutil.copyfile(RunDir(run_dir).model_info, partial / BEST_META)
+    layout = RunDir(run_dir)
+    shutil.copyfile(layout.model_info, partial / BEST_META)
     if state.best_epoch == state.epoch:
         return [BEST_META]
     try:
         # save_weights replaces model.safetensors by renaming a new file, so the link keeps these bytes.
-        os.link(RunDir(run_dir).weights, partial / BEST)
+        os.link(layout.weights, partial / BEST)
     except OSError:  # no hard links here (another file system, FAT, some network shares)
-        shutil.copyfile(RunDir(run_dir).weights, partial / BEST)
+        shutil.copyfile(layout.weights, partial / BEST)
     return [BEST_META, BEST]
 
 
