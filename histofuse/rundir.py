@@ -68,6 +68,10 @@ class RunDir:
     def validation_predictions(self, tta: str) -> Path:
         return self.path / f"predictions_val_{tta}.csv"
 
+    def qc_scores(self, name: str) -> Path:
+        """Each image of an evaluated set with its blur and tissue scores and its QC verdict."""
+        return self.path / f"qc_{name}.csv"
+
     @property
     def stain_comparison(self) -> Path:
         return self.path / "stain_comparison.json"

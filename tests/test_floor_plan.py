@@ -82,14 +82,20 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 
 
 def string_constants(path: Path) -> set[str]:
-    return {node.value for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    """The module's string literals; an f-string as its pattern, each field as {} (f"qc_{name}.csv" -> "qc_{}.csv")."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.JoinedStr):
+            found.add("".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.add(node.value)
+    return found
 
 
 def test_only_the_run_directory_module_spells_a_run_directory_file_name():
     layout = PACKAGE / "rundir.py"
     file_names = {s for s in string_constants(layout) if "." in s[1:] and " " not in s}
-    assert {"metrics.json", "model.safetensors", "predictions.csv", "recipe.toml"} <= file_names
+    assert {"metrics.json", "model.safetensors", "predictions.csv", "recipe.toml", "qc_{}.csv"} <= file_names
     # A checkpoint folder has files of its own, some named like the run's (its weights, its manifest).
     own_layout = {"training/epoch_checkpoint.py": {"model.safetensors", "manifest.json"}}
     spelled = {}

@@ -75,7 +75,7 @@ def evaluate_frame(
     if qc is not None:
         scored = run_qc(frame, qc, decode_image)
         if write and run_dir is not None:
-            scored.to_csv(run_dir / f"qc_{name}.csv", index=False)
+            scored.to_csv(RunDir(run_dir).qc_scores(name), index=False)
         qc_info = qc_summary(scored)
         frame = scored[scored["qc_pass"]].drop(columns=["blur", "tissue", "qc_pass", "qc_reason"]).reset_index(drop=True)
         if frame.empty:
