@@ -88,7 +88,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from rich.console import Console
 
     import histofuse.training.feature_cache as feature_cache
     from histofuse.crossval import run_cross_validation
@@ -97,7 +96,6 @@ def main() -> None:
 
     figures = Figures("crossval_cost_cnns" if args.backbones else "crossval_cost")
     registry = default_registry()
-    quiet = Console(quiet=True)
     data = REPO / "data" / "synthetic"
     counter = [0]
     print(f"quick-start data ({data.relative_to(REPO)}), backbones {' + '.join(args.backbones or ['test_efficientnet', 'test_vit'])}, "
@@ -106,19 +104,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         feature_cache.FeatureStore = counting_store(True, counter)
         with contextlib.redirect_stdout(io.StringIO()):  # data generated, imports warm
-            run_recipe(probe_recipe(data, 1, None, args.backbones), registry, Path(out) / "warm", quiet)
+            run_recipe(probe_recipe(data, 1, None, args.backbones), registry, Path(out) / "warm")
         # The denominator of every ratio: the median of three runs, so one slow run does not flatter the folds.
         ones = [timed(figures, f"one_run.run{i + 1}", f"one run (one patient split), {i + 1} of 3", lambda: run_recipe(
-            probe_recipe(data, args.epochs, None, args.backbones), registry, Path(out) / "one", quiet), counter)[0]
+            probe_recipe(data, args.epochs, None, args.backbones), registry, Path(out) / "one"), counter)[0]
             for i in range(3)]
         one = figures.add("one_run.seconds", statistics.median(ones), "s")
         shared, shared_images = timed(
             figures, "shared", f"{args.folds}-fold cross-validation, shared store", lambda: run_cross_validation(
-                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "shared", quiet), counter)
+                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "shared"), counter)
         feature_cache.FeatureStore = counting_store(False, counter)
         alone, alone_images = timed(
             figures, "per_fold", f"{args.folds}-fold cross-validation, store per fold", lambda: run_cross_validation(
-                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "alone", quiet), counter)
+                probe_recipe(data, args.epochs, args.folds, args.backbones), registry, Path(out) / "alone"), counter)
     shared_ratio = figures.add("shared.x_one_run", shared / one, "x")
     alone_ratio = figures.add("per_fold.x_one_run", alone / one, "x")
     saved = figures.add("shared.time_saved", 1 - shared / alone, "fraction")

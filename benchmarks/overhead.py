@@ -51,7 +51,7 @@ def bare_epochs(folder: Path, epochs: int) -> np.ndarray:
     from histofuse.model import apply_phase, build_model
     from histofuse.recipe import load_recipe
     from histofuse.registry import default_registry
-    from histofuse.run import load_table
+    from histofuse.data.scanning import load_table
 
     recipe = load_recipe(REPO / "recipes" / "quickstart.toml", settings(folder / "data")[1::2])
     registry = default_registry()

@@ -22,10 +22,8 @@ Rerun:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -85,15 +83,12 @@ def recipe_dict(data: str, seed: int, setting: dict, root: Path) -> dict:
 
 
 def one_run(data: str, seed: int, setting: dict, root: Path) -> dict:
-    from rich.console import Console
-
     from histofuse.recipe import parse_recipe
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
 
     recipe = parse_recipe(recipe_dict(data, seed, setting, root))
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the epochs' lines
-        run_dir = run_recipe(recipe, default_registry(), root / "runs", Console(quiet=True))
+    run_dir = run_recipe(recipe, default_registry(), root / "runs")
     with (run_dir / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     metrics = json.loads((run_dir / "metrics.json").read_text())["test"]

@@ -14,8 +14,6 @@ Rerun:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -56,8 +54,6 @@ def main() -> None:
         figures.save()
         return
 
-    from rich.console import Console
-
     from histofuse.crossval import run_cross_validation
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
@@ -66,13 +62,12 @@ def main() -> None:
         """``v`` as printed; recorded unless it is missing (no AUC where a set held one class)."""
         return "  n/a" if v is None else f"{figures.add(key, v, 'AUC'):.3f}"
 
-    registry, quiet = default_registry(), Console(quiet=True)
+    registry = default_registry()
     print("seed | one split: test patients, AUC (colour-only) | 5 folds: AUC per fold mean ± sd (colour-only), pooled AUC [95% CI] (colour-only)")
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
-            with contextlib.redirect_stdout(io.StringIO()):  # the runs' epoch lines; only the figures are printed
-                one_dir = run_recipe(probe(seed, None), registry, Path(out), quiet)
-                cv_dir = run_cross_validation(probe(seed, 5), registry, Path(out), quiet)
+            one_dir = run_recipe(probe(seed, None), registry, Path(out))
+            cv_dir = run_cross_validation(probe(seed, 5), registry, Path(out))
             one = json.loads((one_dir / "metrics.json").read_text())["test"]
             cv = json.loads((cv_dir / "cv_metrics.json").read_text())
             s, pooled = cv["test"]["summary"], cv["test"]["pooled"]

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from _results import Figures
 
@@ -52,7 +51,7 @@ def colour_aucs(recipe) -> tuple[float, float, float]:
     from histofuse.evaluation.sets import load_external
     from histofuse.metrics import classification_metrics
     from histofuse.registry import default_registry
-    from histofuse.run import load_table
+    from histofuse.data.scanning import load_table
 
     registry = default_registry()
     start = time.perf_counter()
@@ -62,7 +61,7 @@ def colour_aucs(recipe) -> tuple[float, float, float]:
     generated = time.perf_counter() - start
     split = recipe.data.split
     table = split_table(table, split, recipe.seed)
-    _, baseline = fit_on_training_split(recipe, registry, table[table["split"] == "train"], classes, False, Console(quiet=True))
+    _, baseline = fit_on_training_split(recipe, registry, table[table["split"] == "train"], classes, False)
 
     def auc(frame) -> float:
         stats = np.stack([lab_stats(decode_image(p)) for p in frame["path"]])

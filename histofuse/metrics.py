@@ -47,23 +47,7 @@ def classification_metrics(
             out["auc"] = float(skm.roc_auc_score(labels, probs[:, 1]))
         else:
             out["auc"] = float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(k))))
-    if k == 2:
-        tn, fp, fn, tp = cm.ravel()
-        out["precision"] = _ratio(tp, tp + fp)
-        out["recall"] = _ratio(tp, tp + fn)
-        out["specificity"] = _ratio(tn, tn + fp)
-        p, r = out["precision"], out["recall"]
-        out["f1"] = None if p is None or r is None else (0.0 if p + r == 0 else 2 * p * r / (p + r))
-        out["positive_class"] = classes[1]
-    else:
-        for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
-            out[name] = float(fn(labels, preds, average="macro", labels=list(range(k)), zero_division=0))
-        out["specificity"] = _macro_specificity(cm)
-        out["weighted"] = {
-            name: float(fn(labels, preds, average="weighted", labels=list(range(k)), zero_division=0))
-            for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score))
-        }
-        out["per_class"] = _per_class(labels, preds, probs, classes)
+    out.update(_binary_rates(cm, classes) if k == 2 else _macro_rates(labels, preds, probs, cm, classes))
     out["confusion_matrix"] = cm.tolist()
     out["classes"] = list(classes)
     if k == 2:
@@ -135,6 +119,27 @@ def _per_class(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, classes
             "support": int(support[c]), "auc_ovr": auc,
         }
     return report
+
+
+def _binary_rates(cm: np.ndarray, classes: list[str]) -> dict:
+    """Precision, recall (sensitivity), specificity and F1 of the positive (second) class."""
+    tn, fp, fn, tp = cm.ravel()
+    p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = None if p is None or r is None else (0.0 if p + r == 0 else 2 * p * r / (p + r))
+    return {"precision": p, "recall": r, "specificity": _ratio(tn, tn + fp), "f1": f1, "positive_class": classes[1]}
+
+
+def _macro_rates(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, cm: np.ndarray, classes: list[str]) -> dict:
+    """Macro averages (and weighted ones) over the classes, and each class's own figures."""
+    k = len(classes)
+    scores = (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score))
+    out = {name: float(fn(labels, preds, average="macro", labels=list(range(k)), zero_division=0)) for name, fn in scores}
+    out["specificity"] = _macro_specificity(cm)
+    out["weighted"] = {
+        name: float(fn(labels, preds, average="weighted", labels=list(range(k)), zero_division=0)) for name, fn in scores
+    }
+    out["per_class"] = _per_class(labels, preds, probs, classes)
+    return out
 
 
 def _ratio(num: float, den: float) -> float | None:

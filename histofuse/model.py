@@ -225,6 +225,10 @@ def apply_phase(
     return PhasePlan(param_groups, trainable, unfrozen)
 
 
+def describe_trainable(trainable: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in trainable.items())
+
+
 def describe_rates(param_groups: list[dict], skip_head: bool = False) -> str:
     """One entry per part: its top learning rate, and the lowest one where layer-wise decay spreads them."""
     rates: dict[str, list[float]] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histofuse import report_plots as plots
 from histofuse.rundir import RunDir
 
 
@@ -30,7 +31,7 @@ def write_report(run_dir: Path) -> Path:
         sections.append(_summary(manifest))
     history = layout.history
     if history.is_file():
-        sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", _curves(pd.read_csv(history))))
+        sections.append("<h2>Training</h2>" + _figure(figures_dir, "training_curves.png", plots.curves(pd.read_csv(history))))
     cross_validation = _json(layout.cv_metrics)
     if cross_validation:
         sections.append(_cross_validation(layout.path, figures_dir, cross_validation))
@@ -97,32 +98,6 @@ def _summary(manifest: dict) -> str:
     )
 
 
-def _curves(history: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    epochs = history["epoch"]
-    axes[0].plot(epochs, history["train_loss"], label="train loss")
-    axes[0].plot(epochs, history["val_loss"], label="validation loss")
-    axes[1].plot(epochs, history["val_auc"], label="validation AUC", color="tab:green")
-    best = history[history["best"].astype(str) == "True"]
-    axes[1].scatter(best["epoch"], best["val_auc"], marker="*", s=80, color="tab:red", label="new best", zorder=3)
-    for column in [c for c in history.columns if c.startswith("lr_")]:
-        axes[2].plot(epochs, history[column], label=column[3:])
-    axes[2].set_yscale("symlog", linthresh=1e-7)
-    titles = ("loss", "validation AUC", "learning rate per group")
-    starts = history.groupby("phase_index", sort=True)["epoch"].min()
-    names = history.groupby("phase_index", sort=True)["phase"].first()
-    for axis, title in zip(axes, titles):
-        for index, start in starts.items():
-            axis.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
-            axis.text(start - 0.4, 1.0, names[index], transform=axis.get_xaxis_transform(), fontsize=8, va="top", color="grey")
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.legend(fontsize=8)
-    return figure
-
-
 def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
     if "error" in m:
         return f"<h2>{_e(name)}</h2><p class=error>evaluation failed: {_e(m['error'])}</p>"
@@ -141,9 +116,9 @@ def _set_section(run_dir: Path, figures_dir: Path, name: str, m: dict) -> str:
     if name == "test" and RunDir(run_dir).oof_predictions.is_file():
         predictions = RunDir(run_dir).oof_predictions
     if predictions.is_file() and len(m.get("classes", [])) == 2:
-        figures.append(_figure(figures_dir, f"roc_{name}.png", _roc(pd.read_csv(predictions), m)))
+        figures.append(_figure(figures_dir, f"roc_{name}.png", plots.roc(pd.read_csv(predictions), m)))
     if m.get("confusion_matrix"):
-        figures.append(_figure(figures_dir, f"confusion_{name}.png", _confusion(np.array(m["confusion_matrix"]), m["classes"])))
+        figures.append(_figure(figures_dir, f"confusion_{name}.png", plots.confusion(np.array(m["confusion_matrix"]), m["classes"])))
     parts.append("<div class=row>" + "".join(figures) + "</div>")
     for key, value in m.items():
         if key.startswith("per_") and key != "per_patient" and isinstance(value, dict) and value:
@@ -186,8 +161,8 @@ def _cross_validation(run_dir: Path, figures_dir: Path, cv: dict) -> str:
     oof = RunDir(run_dir).oof_predictions
     classes = (_json(RunDir(run_dir).metrics) or {}).get("test", {}).get("classes", [])
     if oof.is_file() and len(classes) == 2:
-        figures.append(_figure(figures_dir, "cv_roc.png", _fold_rocs(pd.read_csv(oof), classes[1], cv["test"]["pooled"])))
-    figures.append(_figure(figures_dir, "cv_spread.png", _fold_spread(cv)))
+        figures.append(_figure(figures_dir, "cv_roc.png", plots.fold_rocs(pd.read_csv(oof), classes[1], cv["test"]["pooled"])))
+    figures.append(_figure(figures_dir, "cv_spread.png", plots.fold_spread(cv)))
     parts.append("<div class=row>" + "".join(figures) + "</div>")
     for name, entry in cv.items():
         if isinstance(entry, dict) and "ensemble" in entry:
@@ -208,48 +183,6 @@ def _mean_sd(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + ("" if entry["sd"] is None else f" ± {entry['sd']:.3f}")
 
 
-def _fold_rocs(oof: pd.DataFrame, positive: str, pooled: dict):
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    for fold, part in oof.groupby("fold"):
-        labels = (part["label"].astype(str) == positive).astype(int)
-        if labels.nunique() == 2:
-            fpr, tpr, _ = roc_curve(labels, part[f"prob_{positive}"])
-            axis.plot(fpr, tpr, linewidth=0.8, alpha=0.6, label=f"fold {fold}")
-    labels = (oof["label"].astype(str) == positive).astype(int)
-    fpr, tpr, _ = roc_curve(labels, oof[f"prob_{positive}"])
-    ci = pooled.get("auc_ci95")
-    auc = "n/a" if pooled["auc"] is None else f"{pooled['auc']:.3f}"
-    axis.plot(fpr, tpr, color="black", linewidth=2,
-              label=f"pooled AUC {auc}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
-    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    axis.set_xlabel("1 − specificity")
-    axis.set_ylabel(f"sensitivity ({positive})")
-    axis.set_title("ROC: out-of-fold predictions")
-    axis.legend(loc="lower right", fontsize=7)
-    return figure
-
-
-def _fold_spread(cv: dict):
-    """Each fold's AUC beside its colour-only AUC: how much of the spread is the folds, and where the floor is."""
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    rows = cv["test"]["per_fold"]
-    for x, (key, label) in enumerate((("auc", "model"), ("colour_only_auc", "colour only"))):
-        values = [r[key] for r in rows if r[key] is not None]
-        axis.scatter([x] * len(values), values, s=30, zorder=3)
-        if values:
-            axis.hlines(float(np.mean(values)), x - 0.2, x + 0.2, color="black")
-    axis.set_xticks([0, 1], ["model", "colour only"])
-    axis.set_xlim(-0.6, 1.6)
-    axis.set_ylabel("test-fold AUC")
-    axis.set_title(f"spread over {cv['folds']} folds")
-    return figure
-
-
 def _normalization(summary: dict) -> str:
     """Which normalizer, how many tiles it left unchanged and why, and what it measured on the set itself."""
     unchanged = summary.get("unchanged") or {}
@@ -260,40 +193,6 @@ def _normalization(summary: dict) -> str:
         ["method", "source", "tiles left unchanged", "reasons", "measured on this set"],
         [[summary.get("method"), summary.get("source"), sum(unchanged.values()), reasons, measured]],
     )
-
-
-def _roc(predictions: pd.DataFrame, m: dict):
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    positive = m["positive_class"]
-    labels = (predictions["label"].astype(str) == positive).astype(int)
-    fpr, tpr, _ = roc_curve(labels, predictions[f"prob_{positive}"])
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    ci = m.get("auc_ci95")
-    auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
-    axis.plot(fpr, tpr, label=f"AUC {auc}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
-    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    axis.set_xlabel("1 − specificity")
-    axis.set_ylabel(f"sensitivity ({positive})")
-    axis.set_title(f"ROC: {m['name']}")
-    axis.legend(loc="lower right", fontsize=8)
-    return figure
-
-
-def _confusion(matrix: np.ndarray, classes: list[str]):
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.imshow(matrix, cmap="Blues")
-    for (i, j), value in np.ndenumerate(matrix):
-        axis.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    axis.set_xticks(range(len(classes)), classes)
-    axis.set_yticks(range(len(classes)), classes)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title("confusion matrix")
-    return figure
 
 
 def _comparison(comparison: dict) -> str:

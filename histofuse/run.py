@@ -10,62 +10,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from rich.markup import escape
 
 from histofuse.data.split import permute_training_labels, split_table
-from histofuse.data.table import check_table
 from histofuse.errors import DataError, HistofuseError
-from histofuse.recipe import Recipe, recipe_to_toml, validate_options
+from histofuse.recipe import Recipe, recipe_to_toml
 from histofuse.registry import Registry
+from histofuse.reporting import log, speak_on_main_process_only
 from histofuse.rundir import RunDir
-
-
-def resolve_root(recipe: Recipe, registry: Registry) -> Path:
-    spec = registry.get("dataset", recipe.data.dataset)
-    if recipe.data.root is None:
-        raise DataError(
-            f"data.root is not set for dataset '{spec.name}'. Where to get it: {spec.source or 'see its plugin docs'}. "
-            "Then set root in the recipe's [data] table or pass --set data.root=/path/to/data."
-        )
-    return Path(recipe.data.root).expanduser()
-
-
-def load_table(recipe: Recipe, registry: Registry) -> tuple[pd.DataFrame, list[str]]:
-    """Scan the recipe's dataset and check the table; a missing root says where to get the data."""
-    spec = registry.get("dataset", recipe.data.dataset)
-    root = resolve_root(recipe, registry)
-    try:
-        table = spec.scan(root, **validate_options(spec, recipe.data.options))
-    except FileNotFoundError as exc:
-        raise DataError(
-            f"dataset '{spec.name}': {exc}. Where to get it: {spec.source or 'see its plugin docs'}. "
-            f"Then point the recipe at it: --set data.root=/path/to/data (now {root})."
-        ) from None
-    return check_table(table, spec.name, recipe.data.classes)
-
-
-def check_external_sets(recipe: Recipe, registry: Registry, classes: list[str]) -> None:
-    """Every [[evaluate]] set must be readable, with labels the model knows, before hours of training."""
-    problems = []
-    for i, external in enumerate(recipe.evaluate):
-        spec = registry.get("dataset", external.dataset)
-        if external.root is None:
-            problems.append(f"evaluate[{i}].root: not set. Where to get {spec.name}: {spec.source}")
-        elif not spec.generated and not Path(external.root).expanduser().exists():
-            problems.append(
-                f"evaluate[{i}].root: '{external.root}' does not exist. Where to get {spec.name}: {spec.source}. "
-                f"Then --set evaluate[{i}].root=/path/to/it"
-            )
-    if not problems:
-        from histofuse.evaluation.sets import load_external
-
-        for i, external in enumerate(recipe.evaluate):
-            try:
-                load_external(external, registry, classes)
-            except HistofuseError as exc:
-                problems.append(f"evaluate[{i}]: {exc}")
-    if problems:
-        raise DataError("before training, the external evaluation sets were checked:\n  - " + "\n  - ".join(problems))
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
@@ -120,20 +71,18 @@ def make_accelerator(recipe: Recipe):
 
 
 def run_recipe(
-    recipe: Recipe, registry: Registry, output_dir: Path, console, resume: Path | None = None, run_dir: Path | None = None,
+    recipe: Recipe, registry: Registry, output_dir: Path, resume: Path | None = None, run_dir: Path | None = None,
     last: bool = True, feature_store=None,
 ) -> Path:
     """Train and test ``recipe``; return its run directory. With ``resume``, continue that run from its last checkpoint;
     with ``run_dir`` (a cross-validation fold's folder), create exactly that directory instead of a dated one.
     ``last = False`` keeps the process group of a multi-process launch for the runs that follow (folds, repeats);
     ``feature_store`` shares cached backbone features with them."""
-    import torch
     from accelerate.utils import set_seed
 
-    from histofuse.data.loading import class_weights
     from histofuse.data.run_loaders import run_loaders
+    from histofuse.evaluation.after_training import evaluate_after_training
     from histofuse.manifest import started_now
-    from histofuse.model import build_model, count_parameters
     from histofuse.training.checkpoint import load_weights
     from histofuse.training.trackers import Trackers
     from histofuse.training.trainer import Trainer
@@ -142,38 +91,23 @@ def run_recipe(
     started_at = started_now()
     hooks = registry.pm.hook
     accelerator = make_accelerator(recipe)
-    if not accelerator.is_main_process:
-        console.quiet = True  # one process talks
+    speak_on_main_process_only(accelerator.is_main_process)
     set_seed(recipe.seed)
-    with accelerator.main_process_first():  # a generated dataset is written once, then read by all
-        table, classes = load_table(recipe, registry)
-        check_external_sets(recipe, registry, classes)
-    table = split_table(table, recipe.data.split, recipe.seed)
-    if recipe.data.permute_labels:
-        table = permute_training_labels(table, recipe.seed)
-        console.print("[yellow]permutation control:[/] the training patients' labels are shuffled (data.permute_labels)")
+    table, classes = _split_dataset(recipe, registry, accelerator)
 
-    run_dir, checkpoint = _open_run_dir(recipe, table, accelerator, output_dir, resume, run_dir, console)
-    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
-    console.print(_split_summary(table, classes), markup=False)
+    run_dir, checkpoint = _open_run_dir(recipe, table, accelerator, output_dir, resume, run_dir)
+    log.info(f"run directory: {run_dir}")
+    log.info(_split_summary(table, classes))
 
-    model = build_model(recipe, registry, len(classes))
-    if recipe.training.channels_last:
-        # Weights in NHWC make every convolution produce NHWC; inputs are converted by the first one.
-        model = model.to(memory_format=torch.channels_last)
-    console.print(f"model: {count_parameters(model) / 1e6:.2f}M parameters")
+    model = _build_model(recipe, registry, classes)
     frames = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    make_train_loader, val_loader = run_loaders(recipe, hooks, classes, frames, table["path"].tolist(), accelerator, console)
-    train_labels = [classes.index(label) for label in frames["train"]["label"]]
-    weights = None
-    if recipe.training.class_weights == "balanced":
-        weights = class_weights(train_labels, len(classes)).to(accelerator.device)
-    criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.training.label_smoothing)
+    make_train_loader, val_loader = run_loaders(recipe, hooks, classes, frames, table["path"].tolist(), accelerator)
+    criterion = _criterion(recipe, classes, frames["train"], accelerator.device)
     meta = {"recipe": recipe.model_dump(mode="json"), "classes": classes, "histofuse": _version()}
     trainer = Trainer(
         model=model, recipe=recipe, classes=classes, accelerator=accelerator, make_train_loader=make_train_loader,
         val_loader=val_loader, criterion=criterion, hooks=hooks, run_dir=run_dir, meta=meta,
-        console=console, dataset_size=len(table), resume=checkpoint, feature_store=feature_store,
+        dataset_size=len(table), resume=checkpoint, feature_store=feature_store,
         trackers=Trackers(recipe.training.log_with, run_dir, recipe.name, recipe.model_dump(mode="json"), accelerator.is_main_process),
     )
     state = trainer.fit()
@@ -184,7 +118,7 @@ def run_recipe(
     best = load_weights(model, run_dir)
     metrics = evaluate_after_training(
         recipe=recipe, registry=registry, accelerator=accelerator, model=model, classes=classes, frames=frames,
-        run_dir=run_dir, console=console, colour_cache=feature_store.colour if feature_store is not None else None,
+        run_dir=run_dir, colour_cache=feature_store.colour if feature_store is not None else None,
     )
     metrics["test"].update(
         best_epoch=best["epoch"], monitor=best["monitor"], best_val=best["best"],
@@ -192,14 +126,52 @@ def run_recipe(
         failed_images=dict(sorted({**state.failed, **metrics["test"]["failed_images"]}.items())), seconds=time.perf_counter() - started,
         training_faults=state.faults,
     )
-    _finish(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, console,
-            trainer, state.epoch, hooks)
+    _finish(recipe, table, classes, metrics, run_dir, started_at, time.perf_counter() - started, accelerator, trainer, state.epoch, hooks)
     if last:
         accelerator.end_training()
     return run_dir
 
 
-def _open_run_dir(recipe, table, accelerator, output_dir: Path, resume: Path | None, run_dir: Path | None, console):
+def _split_dataset(recipe: Recipe, registry: Registry, accelerator) -> tuple[pd.DataFrame, list[str]]:
+    """The dataset scanned and split by patient (labels shuffled for a permutation control); [[evaluate]] sets checked."""
+    from histofuse.data.scanning import check_external_sets, load_table
+
+    with accelerator.main_process_first():  # a generated dataset is written once, then read by all
+        table, classes = load_table(recipe, registry)
+        check_external_sets(recipe, registry, classes)
+    table = split_table(table, recipe.data.split, recipe.seed)
+    if recipe.data.permute_labels:
+        table = permute_training_labels(table, recipe.seed)
+        log.warning("permutation control: the training patients' labels are shuffled (data.permute_labels)")
+    return table, classes
+
+
+def _build_model(recipe: Recipe, registry: Registry, classes: list[str]):
+    import torch
+
+    from histofuse.model import build_model, count_parameters
+
+    model = build_model(recipe, registry, len(classes))
+    if recipe.training.channels_last:
+        # Weights in NHWC make every convolution produce NHWC; inputs are converted by the first one.
+        model = model.to(memory_format=torch.channels_last)
+    log.info(f"model: {count_parameters(model) / 1e6:.2f}M parameters")
+    return model
+
+
+def _criterion(recipe: Recipe, classes: list[str], train: pd.DataFrame, device):
+    """Cross-entropy with label smoothing, weighted by the training split's class balance when the recipe asks."""
+    import torch
+
+    from histofuse.data.loading import class_weights
+
+    weights = None
+    if recipe.training.class_weights == "balanced":
+        weights = class_weights([classes.index(label) for label in train["label"]], len(classes)).to(device)
+    return torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.training.label_smoothing)
+
+
+def _open_run_dir(recipe, table, accelerator, output_dir: Path, resume: Path | None, run_dir: Path | None):
     """The run directory (new, or the one resumed) and the checkpoint to resume from; every process gets the same."""
     from histofuse.training.epoch_checkpoint import latest_checkpoint
     from histofuse.training.history import History
@@ -210,8 +182,8 @@ def _open_run_dir(recipe, table, accelerator, output_dir: Path, resume: Path | N
         check_same_split(table, run_dir)
         if RunDir(run_dir).metrics.exists() and not RunDir(run_dir).checkpoints.exists():
             raise HistofuseError(f"{run_dir} has finished (metrics.json is written); there is nothing to resume")
-        checkpoint = latest_checkpoint(run_dir, lambda message: console.print(f"warning: {message}", markup=False))
-        console.print(f"resuming {escape(str(run_dir))} from {checkpoint.path.name}")
+        checkpoint = latest_checkpoint(run_dir, log.warning)
+        log.info(f"resuming {run_dir} from {checkpoint.path.name}")
         History(RunDir(run_dir).history, accelerator.is_main_process).truncate(checkpoint.state.epoch)
     else:
         if accelerator.is_main_process:
@@ -224,14 +196,16 @@ def _open_run_dir(recipe, table, accelerator, output_dir: Path, resume: Path | N
     return run_dir, checkpoint
 
 
-def _finish(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console, trainer, epoch, hooks):
+def _finish(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, trainer, epoch, hooks):
     """Metrics, trackers, hooks and records written; checkpoints removed; the run marked finished, last."""
-    _write_metrics(accelerator, run_dir, metrics)
+    from histofuse.evaluation.after_training import write_metrics
+
+    write_metrics(accelerator, run_dir, metrics)
     trainer.trackers.log({f"test_{k}": v for k, v in metrics["test"].items()}, step=epoch)
     trainer.trackers.finish()
     hooks.on_fit_end(run_dir=run_dir, metrics=metrics["test"])
     if accelerator.is_main_process:
-        write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console)
+        write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator)
     if accelerator.is_main_process and not recipe.training.checkpoints.keep_after_run:
         # The run is complete; model.safetensors holds the weights that count, and the checkpoints can be large.
         shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
@@ -239,7 +213,7 @@ def _finish(recipe, table, classes, metrics, run_dir, started_at, seconds, accel
         RunDir(run_dir).finished.write_text(json.dumps({"finished": datetime.now().astimezone().isoformat(timespec="seconds")}))
 
 
-def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator, console) -> None:
+def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds, accelerator) -> None:
     """Manifest, model card and report; a failure here is reported and loses nothing the run produced."""
     from histofuse.manifest import build_manifest, model_card, write_manifest
     from histofuse.report import write_report
@@ -253,10 +227,9 @@ def write_records(recipe, table, classes, metrics, run_dir, started_at, seconds,
         RunDir(run_dir).model_card.write_text(model_card(manifest))
         page = write_report(run_dir)
     except Exception as exc:  # the weights and metrics are already on disk; a plotting bug must not hide that
-        console.print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
-                      f"try again with histofuse report {run_dir}", markup=False)
+        log.warning(f"the report could not be written ({type(exc).__name__}: {exc}); try again with histofuse report {run_dir}")
         return
-    console.print(f"report: {page}", markup=False)
+    log.info(f"report: {page}")
 
 
 def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:
@@ -271,69 +244,6 @@ def check_same_split(table: pd.DataFrame, run_dir: Path) -> None:
             f"the dataset no longer matches the run's split.csv ({len(saved)} images then, {len(now)} now, or images "
             f"moved between splits): resuming would mix patients across splits. Restore the data, or start a new run."
         )
-
-
-def evaluate_after_training(*, recipe, registry, accelerator, model, classes, frames, run_dir, console, colour_cache=None) -> dict:
-    """Fit normalizer/baseline on training and calibration on validation; evaluate test, then [[evaluate]] sets.
-
-    metrics.json is written after the test split and after every external set, and
-    a failing external set is recorded as an error: nothing a long run produced is lost.
-    """
-    from histofuse.evaluation.fitting import EvaluationState, fit_on_training_split
-    from histofuse.evaluation.sets import Evaluator
-
-    normalize = any(e.normalize for e in recipe.evaluate)
-    normalizer, baseline = fit_on_training_split(recipe, registry, frames["train"], classes, normalize, console, colour_cache)
-    state = EvaluationState(normalizer, baseline.to_json() if baseline else None)
-    evaluator = Evaluator(
-        accelerator=accelerator, model=model, recipe=recipe, registry=registry, classes=classes, state=state,
-        val_frame=frames["val"], run_dir=run_dir, console=console,
-    )
-    calibration = evaluator.calibration(recipe.evaluation.tta)
-    if calibration["threshold"] is not None:
-        console.print(
-            f"decision threshold {calibration['threshold']:.3f} ({recipe.evaluation.threshold}, from the validation "
-            f"split), temperature {calibration['temperature']:.3f}"
-        )
-    metrics = {"test": evaluator.evaluate("test", frames["test"], tta=recipe.evaluation.tta, normalize=False, qc=None)}
-    _write_metrics(accelerator, run_dir, metrics)
-    for external in recipe.evaluate:
-        try:
-            metrics[external.name] = evaluator.evaluate_external(external)
-        except HistofuseError as exc:
-            console.print(f"error: evaluation set '{external.name}' failed: {exc}", markup=False)
-            metrics[external.name] = {"name": external.name, "error": str(exc)}
-        _write_metrics(accelerator, run_dir, metrics)
-    if recipe.evaluation.compare_normalizers:
-        compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, run_dir, console)
-    return metrics
-
-
-def compare_stain_normalizers(recipe, registry, accelerator, evaluator, frames, run_dir, console) -> None:
-    """The test split and every external set under none and each listed normalizer; a failure loses nothing else."""
-    from histofuse.evaluation.sets import load_external
-    from histofuse.evaluation.comparison import compare_normalizers, comparison_table, save
-
-    try:
-        sets, seen = {"test": frames["test"]}, set()
-        for external in recipe.evaluate:
-            # Sets that differ only in QC, TTA or normalization are the same images here: compare them once.
-            source = (external.dataset, external.root, repr(sorted(external.options.items())), repr(sorted(external.label_map.items())))
-            if source not in seen:
-                seen.add(source)
-                sets[external.name] = load_external(external, registry, evaluator.classes)
-        comparison = compare_normalizers(evaluator, recipe, registry, frames["train"], sets, console)
-    except HistofuseError as exc:
-        console.print(f"error: the stain normalizer comparison failed: {exc}", markup=False)
-        return
-    if accelerator.is_main_process:
-        save(run_dir, comparison)
-    console.print(comparison_table(comparison))
-
-
-def _write_metrics(accelerator, run_dir: Path, metrics: dict) -> None:
-    if accelerator.is_main_process:
-        RunDir(run_dir).metrics.write_text(json.dumps(metrics, indent=2))
 
 
 def broadcast(accelerator, value: str) -> str:

@@ -7,16 +7,16 @@ parameters). All in the test process but the last, one `python -m histofuse run`
 import os
 import subprocess
 import sys
-import types
 
 import pandas as pd
 import pytest
 import torch
 
 from histofuse.errors import HistofuseError
-from histofuse.training.trainer import Trainer
+import histofuse.training.trainer as trainer_module
+from histofuse.training.processes import check_processes_agree
 
-GUARD = Trainer._check_processes_agree
+GUARD = check_processes_agree
 
 DRIFT = (
     "after phase '{}' the processes hold different weights: the distributed setup did not synchronise gradients. "
@@ -29,7 +29,7 @@ WORLD = (
 )
 
 
-# --- the cross-process weight-drift check (Trainer._check_processes_agree) ---------------------------------------
+# --- the cross-process weight-drift check (training/processes.py: check_processes_agree) ----------------------
 
 
 class TwoProcesses:
@@ -75,8 +75,8 @@ def small_model(seed: int = 0) -> torch.nn.Module:
 
 
 def check(model, accelerator, phase: str = "partial"):
-    """The guard as shipped (taken before any test patches it), on a trainer that holds only ``accelerator``."""
-    GUARD(types.SimpleNamespace(accelerator=accelerator), model, phase)
+    """The guard as shipped (taken before any test patches it)."""
+    GUARD(accelerator, model, phase)
 
 
 def test_the_drift_check_fires_when_one_trained_weight_differs_between_processes():
@@ -113,7 +113,7 @@ def test_a_run_whose_processes_drift_apart_stops_after_that_phase_and_exits_1(tm
 
     phases = []
 
-    def with_a_drifted_second_process(self, model, phase_name):
+    def with_a_drifted_second_process(accelerator, model, phase_name):
         phases.append(phase_name)
         weight = next(p for p in model.parameters() if p.requires_grad)
         kept = weight.detach().clone()
@@ -123,7 +123,7 @@ def test_a_run_whose_processes_drift_apart_stops_after_that_phase_and_exits_1(tm
             weight.copy_(kept)
         check(model, TwoProcesses(process1), phase_name)
 
-    monkeypatch.setattr(Trainer, "_check_processes_agree", with_a_drifted_second_process)
+    monkeypatch.setattr(trainer_module, "check_processes_agree", with_a_drifted_second_process)
     recipe = write_toml(tmp_path / "tiny.toml", tiny_recipe_dict)
     with pytest.raises(HistofuseError) as caught:
         run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")])

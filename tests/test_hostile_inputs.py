@@ -60,7 +60,7 @@ def test_data_check_finds_the_same_image_in_two_splits(tmp_path, tiny_recipe_dic
     from histofuse.data.split import split_by_group
     from histofuse.recipe import parse_recipe
     from histofuse.registry import default_registry
-    from histofuse.run import load_table
+    from histofuse.data.scanning import load_table
 
     parsed = parse_recipe(tiny_recipe_dict)
     table, _ = load_table(parsed, default_registry())

@@ -30,15 +30,13 @@ SHRUNK = [
 
 
 def shrunk_quick_start(tmp_path, seed: int, *extra: str) -> dict:
-    from rich.console import Console
-
     from histofuse.recipe import load_recipe
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
 
     overrides = [*SHRUNK, f"data.root={tmp_path / 'data'}", f"seed={seed}", *extra]
     recipe = load_recipe(REPO / "recipes" / "quickstart.toml", overrides)
-    run_dir = run_recipe(recipe, default_registry(), tmp_path / "runs", Console(quiet=True))
+    run_dir = run_recipe(recipe, default_registry(), tmp_path / "runs")
     return json.loads((run_dir / "metrics.json").read_text())["test"]
 
 

@@ -30,13 +30,11 @@ def pretrained_recipe(synthetic_root) -> dict:
 def test_the_first_unfrozen_epoch_starts_from_the_loss_the_head_phase_ended_at(tmp_path, synthetic_root):
     """With batch norms normalizing by batch statistics once unfrozen (``batchnorm = "train"``, all of them before
     frozen ones stayed frozen) this jumped from 0.10 to 0.71, chance, here and on real tissue."""
-    from rich.console import Console
-
     from histofuse.recipe import parse_recipe
     from histofuse.registry import default_registry
     from histofuse.run import run_recipe
 
-    run_dir = run_recipe(parse_recipe(pretrained_recipe(synthetic_root)), default_registry(), tmp_path, Console(quiet=True))
+    run_dir = run_recipe(parse_recipe(pretrained_recipe(synthetic_root)), default_registry(), tmp_path)
     history = pd.read_csv(run_dir / "history.csv")
     head, partial = history[history["phase"] == "head"], history[history["phase"] == "partial"]
     ended, started = head["train_loss"].iloc[-1], partial["train_loss"].iloc[0]

@@ -50,7 +50,7 @@ def _process(rank: int, port: int, out: str) -> None:
     from accelerate.utils import InitProcessGroupKwargs
 
     from histofuse.training.predict import predict
-    from histofuse.training.trainer import mean_across_processes
+    from histofuse.training.processes import mean_across_processes
 
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),

@@ -20,7 +20,9 @@ __all__ = ["app", "console", "err_console", "main"]
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)])
+    others = RichHandler(console=err_console, show_path=False)
+    others.addFilter(lambda record: not record.name.startswith("histofuse"))  # the core's lines: cli/display.py
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[others])
     add_plugin_commands()
     try:
         app()

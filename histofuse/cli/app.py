@@ -28,6 +28,13 @@ app.add_typer(data_app, name="data")
 plugin_app = typer.Typer(help="Start a plugin of your own.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
 
+
+@app.callback()
+def _every_command() -> None:
+    from histofuse.cli.display import show_the_core_on_screen
+
+    show_the_core_on_screen()
+
 TTA_MODES = get_args(TTA)  # the recipe's list is the one source; predict and evaluate accept each mode
 
 SetOption = typer.Option(None, "--set", help="Override a recipe key, e.g. --set phases[0].epochs=2 (repeatable).")

@@ -67,7 +67,7 @@ def images_to_check(target: str, root: Optional[Path], overrides, options):
         return table.assign(split="dataset")[["path", "split"]], MAX_PIXELS, defaults["max_failed_fraction"].default
     from histofuse.data.split import assign_folds, split_seed, split_table
     from histofuse.evaluation.sets import load_external
-    from histofuse.run import load_table
+    from histofuse.data.scanning import load_table
 
     recipe, components, _ = preflight(Path(target), overrides)
     table, classes = load_table(recipe, components)

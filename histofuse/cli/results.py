@@ -77,7 +77,7 @@ def evaluate(
     from histofuse.evaluation.finished_run import evaluate_run
 
     settings = dict(dataset=dataset, root=root, name=name or dataset, options=option or [], label_map=label_map or [],
-                    qc=qc, normalize=normalize, tta=tta, console=console)
+                    qc=qc, normalize=normalize, tta=tta)
     if is_crossval_dir(run_dir):
         import json
 
@@ -88,7 +88,7 @@ def evaluate(
         for fold in finished_folds(run_dir):
             console.rule(fold.name)
             evaluate_run(fold, **settings)
-        pool_folds(run_dir, load_recipe(RunDir(run_dir).recipe_file), console)
+        pool_folds(run_dir, load_recipe(RunDir(run_dir).recipe_file))
         metrics = json.loads(RunDir(run_dir).metrics.read_text())[settings["name"]]
         console.print(metrics_table({metrics["name"]: metrics}, cross_validation=True))
         return

@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.text import Text
 
 from histofuse.cli.app import SetOption, app, console, err_console
-from histofuse.cli.tables import metrics_table
+from histofuse.cli.tables import comparison_table, metrics_table
 from histofuse.preflight import preflight
+from histofuse.reporting import silenced
 from histofuse.rundir import RunDir
 
 
@@ -63,14 +64,20 @@ def run(
             from histofuse.crossval.runner import check_resumable
 
             check_resumable(resume)
-        run_dir = run_cross_validation(parsed, registry, output_dir, console, resume=resume)
+        run_dir = run_cross_validation(parsed, registry, output_dir, resume=resume)
     else:
-        run_dir = run_recipe(parsed, registry, output_dir, console, resume=resume)
-    if console.quiet:
-        return
+        run_dir = run_recipe(parsed, registry, output_dir, resume=resume)
+    if not silenced():
+        _show_results(run_dir, cross_validation)
+
+
+def _show_results(run_dir: Path, cross_validation: bool) -> None:
     import json
 
-    metrics = json.loads(RunDir(run_dir).metrics.read_text())
+    layout = RunDir(run_dir)
+    if layout.stain_comparison.is_file():
+        console.print(comparison_table(json.loads(layout.stain_comparison.read_text())))
+    metrics = json.loads(layout.metrics.read_text())
     console.print(metrics_table(metrics, cross_validation))
     for name, entry in metrics.items():
         if "error" in entry:
@@ -91,8 +98,8 @@ def _run_repeated(recipe, registry, output_dir: Path, count: int, vary_split: bo
         own = f", its own {folds} folds" if folds else ", its own patient split" if vary_split else ""
         console.rule(f"run {i + 1}/{count}: seed {each.seed}{own}")
         run = run_cross_validation if folds else run_recipe
-        run_dirs.append(run(each, registry, output_dir, console, last=i == count - 1))
-    if console.quiet:
+        run_dirs.append(run(each, registry, output_dir, last=i == count - 1))
+    if silenced():
         return
     table, summary = summarize(run_dirs)
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), markup=False, highlight=False)

@@ -1,4 +1,5 @@
-"""Rich tables the commands print: metrics per evaluated set, predictions, a recipe resolved, repeated runs."""
+"""Rich tables the commands print: metrics per evaluated set, predictions, a recipe resolved, repeated runs,
+the stain normalization comparison."""
 
 from __future__ import annotations
 
@@ -69,8 +70,15 @@ def predictions_table(result: pd.DataFrame, classes: list[str], limit: int = 30)
 
 
 def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
-    from histofuse.model import apply_phase, count_parameters, describe_rates
+    """What ``recipe check`` shows: the components and who provides them, the model's parts, the phases, the data
+    and the sets evaluated."""
+    return [
+        _components(recipe, registry), _model_parts(recipe, model), _phases(recipe, model), _data(recipe, registry),
+        _evaluation(recipe, registry),
+    ]
 
+
+def _components(recipe: Recipe, registry: Registry) -> Table:
     components = Table(title=f"recipe '{recipe.name}': components")
     for column in ("role", "kind", "name", "provided by"):
         components.add_column(column)
@@ -81,6 +89,11 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
         components.add_row(cfg.name, "backbone", f"{entry.name}: {cfg.model}", entry.distribution)
     fusion = registry.entry("fusion", recipe.model.fusion)
     components.add_row("fusion", "fusion", fusion.name, fusion.distribution)
+    return components
+
+
+def _model_parts(recipe: Recipe, model) -> Table:
+    from histofuse.model import count_parameters
 
     sizes = Table(title=f"model: {count_parameters(model) / 1e6:.1f}M parameters")
     for column in ("part", "parameters", "features", "groups", "pretrained"):
@@ -92,6 +105,11 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
             str(len(backbone.parameter_groups())), str(cfg.pretrained),
         )
     sizes.add_row("fusion + head", f"{sum(p.numel() for p in model.head_parameters()) / 1e6:.2f}M", "", "", "")
+    return sizes
+
+
+def _phases(recipe: Recipe, model) -> Table:
+    from histofuse.model import apply_phase, describe_rates
 
     phases = Table(title=f"phases: {recipe.total_epochs} epochs at most")
     for column in ("#", "name", "epochs", "unfreeze", "lr head", "lr backbone", "trainable", "augment"):
@@ -105,7 +123,11 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
             describe_rates(plan.param_groups, skip_head=True) or "-",
             f"{trainable / 1e6:.2f}M", phase.augment,
         )
+    return phases
 
+
+def _data(recipe: Recipe, registry: Registry) -> Table:
+    dataset = registry.entry("dataset", recipe.data.dataset)
     data = Table(title="data")
     data.add_column("key")
     data.add_column("value")
@@ -117,7 +139,10 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
     held_out = f"test {split.test:g}" if split.folds is None else f"{split.folds} folds" + (f", fold {split.fold} only" if split.fold else "")
     data.add_row("split (by patient)", f"val {split.val:g}, {held_out}, seed {recipe.seed if split.seed is None else split.seed}")
     data.add_row("batch size", str(recipe.data.batch_size))
+    return data
 
+
+def _evaluation(recipe: Recipe, registry: Registry) -> Table:
     cfg = recipe.evaluation
     evaluation = Table(title=f"evaluation: threshold {cfg.threshold} and temperature from validation, TTA {cfg.tta}")
     for column in ("set", "dataset", "root", "QC", "normalize", "TTA"):
@@ -131,7 +156,7 @@ def describe_recipe(recipe: Recipe, registry: Registry, model) -> list[Table]:
         evaluation.add_row(
             external.name, external.dataset, where, "yes" if external.qc.enabled else "no", normalize, external.tta or cfg.tta
         )
-    return [components, sizes, phases, data, evaluation]
+    return evaluation
 
 
 def summary_table(summary: dict, runs: int) -> Table:
@@ -147,4 +172,22 @@ def summary_table(summary: dict, runs: int) -> Table:
             s = summary[name][k]
             cells.append("n/a" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}" if s["std"] is not None else f"{s['mean']:.4f}")
         table.add_row(k, *cells)
+    return table
+
+
+def comparison_table(comparison: dict) -> Table:
+    """The stain normalization comparison of a run (stain_comparison.json): one column per method."""
+    from histofuse.evaluation.comparison import comparison_cell, unchanged_reasons
+
+    methods = list(next(iter(comparison.values())))
+    table = Table(title="stain normalization side by side (AUC / accuracy, colour-only AUC, tiles left unchanged; no QC, no TTA; "
+                        "threshold from validation)")
+    table.add_column("set")
+    for method in methods:
+        table.add_column(method, justify="right")
+    for name, row in comparison.items():
+        table.add_row(name, *(comparison_cell(row[method]) for method in methods))
+    reasons = unchanged_reasons(comparison)
+    if reasons:
+        table.caption = "left unchanged: " + "; ".join(f"{name} {method}: {reason} ({count})" for name, method, reason, count in reasons)
     return table

@@ -17,13 +17,14 @@ from histofuse.data.split import split_seed
 from histofuse.errors import HistofuseError
 from histofuse.evaluation.fitting import EvaluationState
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
+from histofuse.reporting import log
 from histofuse.rundir import RunDir
 
 # Per-fold figures reported as mean ± sd; colour_only_auc is the floor each is read against.
 PER_FOLD = ("auc", "colour_only_auc", "patient_auc", "accuracy", "balanced_accuracy", "recall", "specificity", "ece")
 
 
-def pool_folds(parent: Path, recipe, console) -> dict:
+def pool_folds(parent: Path, recipe) -> dict:
     """Write oof_predictions.csv, cv_metrics.json, metrics.json (pooled test folds, fold ensembles of every
     external set), ensemble.json (the ensemble's locked thresholds), the report and the model card."""
     from histofuse.crossval.runner import finished_folds
@@ -77,8 +78,8 @@ def pool_folds(parent: Path, recipe, console) -> dict:
     RunDir(parent).cv_metrics.write_text(json.dumps(report, indent=2))
     RunDir(parent).metrics.write_text(json.dumps(metrics, indent=2))
     RunDir(parent).ensemble.write_text(json.dumps({"folds": [d.name for d in dirs], "calibration": ensemble}, indent=2))
-    console.print(cv_summary_text(report), markup=False)
-    _write_records(parent, report, console)
+    log.info(cv_summary_text(report))
+    _write_records(parent, report)
     return report
 
 
@@ -258,7 +259,7 @@ def _union(failures) -> dict:
     return dict(sorted(out.items()))
 
 
-def _write_records(parent: Path, report: dict, console) -> None:
+def _write_records(parent: Path, report: dict) -> None:
     from histofuse.crossval.card import write_model_card
     from histofuse.report import write_report
 
@@ -266,7 +267,6 @@ def _write_records(parent: Path, report: dict, console) -> None:
         write_model_card(parent, report)
         page = write_report(parent)
     except Exception as exc:  # the pooled numbers are already on disk; a plotting bug must not hide that
-        console.print(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
-                      f"try again with histofuse report {parent}", markup=False)
+        log.warning(f"the report could not be written ({type(exc).__name__}: {exc}); try again with histofuse report {parent}")
         return
-    console.print(f"report: {page}", markup=False)
+    log.info(f"report: {page}")

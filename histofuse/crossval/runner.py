@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from histofuse.reporting import HEADING, log, speak_on_main_process_only
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, load_recipe, recipe_to_toml
 from histofuse.rundir import RunDir
@@ -39,7 +40,7 @@ def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
 
 
 def run_cross_validation(
-    recipe: Recipe, registry, output_dir: Path, console, resume: Path | None = None, last: bool = True
+    recipe: Recipe, registry, output_dir: Path, resume: Path | None = None, last: bool = True
 ) -> Path:
     """Train and test every fold in turn (all processes together, fold after fold), then pool them.
 
@@ -53,32 +54,31 @@ def run_cross_validation(
 
     # Made as each fold's is (the launcher's processes, ACCELERATE_USE_CPU): the first one decides the process group.
     accelerator = make_accelerator(recipe)
-    if not accelerator.is_main_process:
-        console.quiet = True  # one process talks
+    speak_on_main_process_only(accelerator.is_main_process)
     folds, split = recipe.data.split.folds, recipe.data.split
     parent = Path(on_main(accelerator, lambda: str(prepare_parent(recipe, registry, output_dir, resume))))
-    console.print(f"cross-validation: {folds} folds by patient in {parent}", markup=False)
+    log.info(f"cross-validation: {folds} folds by patient in {parent}")
     if split._ignored_test is not None:
-        console.print(f"note: data.split.test = {split._ignored_test:g} is not used: each fold in turn is the test split "
-                      f"(1/{folds} of the patients)", markup=False)
+        log.info(f"note: data.split.test = {split._ignored_test:g} is not used: each fold in turn is the test split "
+                 f"(1/{folds} of the patients)")
     store = FeatureStore()  # a frozen backbone's features do not depend on the fold: computed once per image
     for fold in range(1, folds + 1):
         target = fold_dir(parent, fold)
         status = fold_status(target)
         accelerator.wait_for_everyone()  # every process has read the folder before anyone removes it
-        console.rule(f"fold {fold}/{folds}" + ("" if status == "new" else f" ({status})"))
+        log.info(f"fold {fold}/{folds}" + ("" if status == "new" else f" ({status})"), extra=HEADING)
         if status == "finished":
             continue
         if status == "resumable":
-            run_recipe(load_recipe(RunDir(target).recipe_file), registry, parent, console, resume=target, last=False, feature_store=store)
+            run_recipe(load_recipe(RunDir(target).recipe_file), registry, parent, resume=target, last=False, feature_store=store)
             continue
         if status == "restart" and accelerator.is_main_process:
             shutil.rmtree(target)  # killed before its first checkpoint: nothing of it can be continued
         accelerator.wait_for_everyone()
-        run_recipe(fold_recipe(recipe, fold), registry, parent, console, run_dir=target, last=False, feature_store=store)
+        run_recipe(fold_recipe(recipe, fold), registry, parent, run_dir=target, last=False, feature_store=store)
 
     def pool() -> str:
-        pool_folds(parent, recipe, console)
+        pool_folds(parent, recipe)
         return ""
 
     on_main(accelerator, pool)
@@ -91,7 +91,8 @@ def prepare_parent(recipe: Recipe, registry, output_dir: Path, resume: Path | No
     """A new parent directory with the recipe and the fold of every image; or, resuming, the parent checked
     against the data: the folds still to run must split the same images the same way as those already run."""
     from histofuse.data.split import assign_folds, split_seed
-    from histofuse.run import create_run_dir, load_table
+    from histofuse.data.scanning import load_table
+    from histofuse.run import create_run_dir
 
     split = recipe.data.split
     with_folds = assign_folds(load_table(recipe, registry)[0], split.folds, split_seed(split, recipe.seed))

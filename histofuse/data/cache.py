@@ -88,19 +88,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "histofuse" / "decoded"
 
 
-def warm_cache(paths: list[str], folder: Path, resize: int, max_pixels: int, console) -> DecodeCache:
-    """Decode every image into the cache once, with a progress bar; unreadable files are left to the loader to report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def warm_cache(paths: list[str], folder: Path, resize: int, max_pixels: int) -> DecodeCache:
+    """Decode every image into the cache once; unreadable files are left to the loader to report."""
+    from histofuse.reporting import log, progress
 
     cache = DecodeCache(folder, resize, max_pixels)
-    columns = (TextColumn("  decode cache"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("cache", total=len(paths))
+    with progress("decode cache", len(paths)) as advance:
         for path in paths:
             try:
                 cache.load(path)
             except ImageDecodeError:
                 pass
-            progress.advance(task)
-    console.print(f"decode cache: {len(cache.index)} images at shorter side {resize} in {folder}", markup=False)
+            advance()
+    log.info(f"decode cache: {len(cache.index)} images at shorter side {resize} in {folder}")
     return cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_loaders(recipe, hooks, classes, frames: dict, paths: list[str], accelerator, console):
+def run_loaders(recipe, hooks, classes, frames: dict, paths: list[str], accelerator):
     """A training-loader factory (one loader per phase and augmentation) and the validation loader."""
     from histofuse.data.eval_loader import make_eval_transform
     from histofuse.data.loading import ImageTable, default_num_workers, make_loader
@@ -19,7 +19,7 @@ def run_loaders(recipe, hooks, classes, frames: dict, paths: list[str], accelera
         from histofuse.data.cache import default_cache_dir, warm_cache
 
         with accelerator.main_process_first():  # one process builds, the others then read what it wrote
-            cache = warm_cache(paths, Path(data.cache_dir or default_cache_dir()), data.resize_to, data.max_image_pixels, console)
+            cache = warm_cache(paths, Path(data.cache_dir or default_cache_dir()), data.resize_to, data.max_image_pixels)
 
     def make_train_loader(phase_index: int, strength: str):
         phase = recipe.phases[phase_index]

@@ -11,32 +11,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from histofuse.calibration import softmax
 from histofuse.color_baseline import ColorBaseline
-from histofuse.data.decode import decoded_images
 from histofuse.metrics import classification_metrics
-from histofuse.recipe import Recipe, validate_options
+from histofuse.evaluation.fitting import fit_normalizer, make_normalizer, sample_indices
+from histofuse.recipe import Recipe
+from histofuse.reporting import log
 from histofuse.rundir import RunDir
 
 
-
-def fit_normalizer(recipe: Recipe, registry, name: str, train: pd.DataFrame):
-    spec = registry.get("normalizer", name)
+def fit_method(recipe: Recipe, registry, name: str, train: pd.DataFrame):
+    """``name`` fitted on the training split's sample, with the recipe's options where it is the recipe's normalizer."""
     cfg = recipe.evaluation.normalizer
-    options = cfg.options if name == cfg.name else {}
-    normalizer = spec.build(**validate_options(spec, options))
-    paths = train["path"].tolist()
-    if cfg.sample and cfg.sample < len(paths):
-        paths = [paths[i] for i in sorted(np.random.default_rng(recipe.seed).choice(len(paths), cfg.sample, replace=False))]
-    normalizer.fit(rgb for _, rgb in decoded_images(paths))
-    return normalizer
+    normalizer = make_normalizer(registry, name, cfg.options if name == cfg.name else {})
+    paths = [train["path"].iloc[i] for i in sample_indices(len(train), cfg.sample, recipe.seed)]
+    return fit_normalizer(normalizer, paths)
 
 
-def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame, sets: dict[str, pd.DataFrame], console) -> dict:
+def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame, sets: dict[str, pd.DataFrame]) -> dict:
     """{set: {method: {auc, accuracy, balanced_accuracy, images, colour_only_auc, unchanged}}} for method in none + the
     recipe's list; ``unchanged`` ({reason: tiles}, normalizers only) counts tiles that went to the model unnormalized;
     ``colour_only_auc`` is the colour-only baseline (fitted on the raw training split) on the same images as the model
@@ -48,8 +42,8 @@ def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame
     for method in ["none", *recipe.evaluation.compare_normalizers]:
         normalizer = None
         if method != "none":
-            console.print(f"stain comparison: fitting {method} on {len(train)} training images")
-            normalizer = fit_normalizer(recipe, registry, method, train)
+            log.info(f"stain comparison: fitting {method} on {len(train)} training images")
+            normalizer = fit_method(recipe, registry, method, train)
         for name, frame in sets.items():
             predictions, normalization = evaluator.predict_frame(
                 frame, "none", normalize=normalizer is not None, normalizer=normalizer, method=method
@@ -69,21 +63,6 @@ def compare_normalizers(evaluator, recipe: Recipe, registry, train: pd.DataFrame
 
 def save(run_dir: Path, comparison: dict) -> None:
     RunDir(run_dir).stain_comparison.write_text(json.dumps(comparison, indent=2))
-
-
-def comparison_table(comparison: dict) -> Table:
-    methods = list(next(iter(comparison.values())))
-    table = Table(title="stain normalization side by side (AUC / accuracy, colour-only AUC, tiles left unchanged; no QC, no TTA; "
-                        "threshold from validation)")
-    table.add_column("set")
-    for method in methods:
-        table.add_column(method, justify="right")
-    for name, row in comparison.items():
-        table.add_row(name, *(comparison_cell(row[method]) for method in methods))
-    reasons = unchanged_reasons(comparison)
-    if reasons:
-        table.caption = "left unchanged: " + "; ".join(f"{name} {method}: {reason} ({count})" for name, method, reason, count in reasons)
-    return table
 
 
 def comparison_cell(entry: dict) -> str:

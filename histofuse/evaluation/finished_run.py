@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import get_args
 
-import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from histofuse.errors import DataError, HistofuseError, RecipeError
+from histofuse.errors import HistofuseError, RecipeError
 from histofuse.recipe import (
     TTA,
     ExternalSetConfig,
@@ -18,8 +17,8 @@ from histofuse.recipe import (
     check_options,
     format_validation_errors,
     parse_value,
-    validate_options,
 )
+from histofuse.reporting import speak_on_main_process_only
 from histofuse.rundir import RunDir
 
 
@@ -44,34 +43,26 @@ def dataset_options(registry, dataset: str, options: list[str]) -> tuple[object,
 
 
 def scan_dataset(registry, dataset: str, root: Path, options: list[str]):
+    from histofuse.data.scanning import scan
+
     spec, parsed = dataset_options(registry, dataset, options)
-    try:
-        table = spec.scan(Path(root).expanduser(), **validate_options(spec, parsed))
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc}. Where to get '{dataset}': {spec.source}") from None
-    if len(table) == 0:
-        raise DataError(f"dataset '{dataset}' found no images under {root}")
-    return table
+    return scan(spec, root, parsed, "ROOT")
 
 
 def fit_normalizer_on(registry, dataset, root, name, options, sample, tissue_only, seed) -> dict:
-    from histofuse.data.decode import decoded_images
+    from histofuse.evaluation.fitting import fit_normalizer, make_normalizer, sample_indices
 
     table = scan_dataset(registry, dataset, root, options)
-    paths = table["path"].tolist()
-    if sample and sample < len(paths):
-        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), sample, replace=False))]
+    paths = [table["path"].iloc[i] for i in sample_indices(len(table), sample, seed)]
     spec = registry.get("normalizer", name)
     # Stain-matrix methods always measure tissue only; the flag is for those that offer the choice.
     offers_choice = spec.options is not None and "tissue_only" in spec.options.model_fields
     normalizer_options = {"tissue_only": True} if tissue_only and offers_choice else {}
-    normalizer = spec.build(**validate_options(spec, normalizer_options))
-
-    state = normalizer.fit(rgb for _, rgb in decoded_images(paths))
+    state = fit_normalizer(make_normalizer(registry, name, normalizer_options), paths).state
     return {"name": name, "options": normalizer_options, "dataset": dataset, "root": str(root), "images": len(paths), "state": state}
 
 
-def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta, console) -> dict:
+def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, normalize, tta) -> dict:
     from histofuse.evaluation.sets import Evaluator
     from histofuse.inference import LoadedRun
     from histofuse.manifest import record_evaluated_set
@@ -99,13 +90,12 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     except ValidationError as exc:
         raise RecipeError("histofuse evaluate", format_validation_errors(exc, ExternalSetConfig)) from None
     accelerator = make_accelerator(recipe)
-    if not accelerator.is_main_process:
-        console.quiet = True
+    speak_on_main_process_only(accelerator.is_main_process)
     split = pd.read_csv(layout.split, dtype={"group": str, "label": str})
     evaluator = Evaluator(
         accelerator=accelerator, model=run.model, recipe=recipe, registry=registry, classes=classes,
         state=run.state, val_frame=split[split["split"] == "val"].reset_index(drop=True),
-        run_dir=run_dir, console=console,
+        run_dir=run_dir,
     )
     metrics = evaluator.evaluate_external(external)
     if accelerator.is_main_process:

@@ -14,6 +14,7 @@ from histofuse.calibration import fit_temperature, softmax, youden_threshold
 from histofuse.color_baseline import ColorBaseline, lab_stats
 from histofuse.data.decode import decoded_images
 from histofuse.recipe import Recipe, validate_options
+from histofuse.reporting import log
 from histofuse.rundir import RunDir
 
 
@@ -39,24 +40,19 @@ class EvaluationState:
 
 
 def fit_on_training_split(
-    recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, console, colour_cache: dict | None = None
+    recipe: Recipe, registry, train: pd.DataFrame, classes: list[str], normalize: bool, colour_cache: dict | None = None
 ):
     """One streaming pass over training images: stain normalizer statistics and colour baseline features.
 
     ``colour_cache`` ({path: LAB statistics}) is shared by runs over the same images (the folds of a
     cross-validation): an image measured once is not decoded again for the baseline alone."""
     cfg = recipe.evaluation
-    normalizer = None
-    if normalize:
-        spec = registry.get("normalizer", cfg.normalizer.name)
-        normalizer = spec.build(**validate_options(spec, cfg.normalizer.options))
+    normalizer = make_normalizer(registry, cfg.normalizer.name, cfg.normalizer.options) if normalize else None
     if normalizer is None and not cfg.color_baseline:
         return None, None
-    paths = train["path"].tolist()
-    labels = [classes.index(label) for label in train["label"]]
-    if cfg.normalizer.sample and cfg.normalizer.sample < len(paths):
-        chosen = np.random.default_rng(recipe.seed).choice(len(paths), cfg.normalizer.sample, replace=False)
-        paths, labels = [paths[i] for i in sorted(chosen)], [labels[i] for i in sorted(chosen)]
+    chosen = sample_indices(len(train), cfg.normalizer.sample, recipe.seed)
+    paths = [train["path"].iloc[i] for i in chosen]
+    labels = [classes.index(train["label"].iloc[i]) for i in chosen]
     cache = {} if colour_cache is None else colour_cache
 
     def images(todo: list[str]):
@@ -64,12 +60,12 @@ def fit_on_training_split(
             cache[todo[position]] = lab_stats(rgb)
             yield rgb
 
-    console.print(f"fitting on {len(paths)} training images: " + ", ".join(
-        x for x, on in (("stain normalizer", normalizer is not None and not getattr(normalizer, "fitted", False)),
-                        ("colour baseline", cfg.color_baseline)) if on
+    fits = normalizer is not None and not getattr(normalizer, "fitted", False)
+    log.info(f"fitting on {len(paths)} training images: " + ", ".join(
+        x for x, on in (("stain normalizer", fits), ("colour baseline", cfg.color_baseline)) if on
     ))
-    if normalizer is not None and not getattr(normalizer, "fitted", False):
-        normalizer.fit(images(paths))
+    if fits:
+        fit_normalizer(normalizer, paths, images)
     else:
         for _ in images([p for p in paths if p not in cache]):
             pass
@@ -82,6 +78,27 @@ def fit_on_training_split(
     if normalizer is not None:
         saved = {"name": cfg.normalizer.name, "options": cfg.normalizer.options, "state": normalizer.state}
     return saved, baseline
+
+
+def sample_indices(count: int, sample: int | None, seed: int) -> list[int]:
+    """``sample`` of ``count`` items drawn without replacement, in their order; every one when ``sample`` is unset
+    or not smaller. The same seed draws the same images wherever a normalizer is fitted."""
+    if not sample or sample >= count:
+        return list(range(count))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(count, sample, replace=False))
+
+
+def make_normalizer(registry, name: str, options: dict):
+    spec = registry.get("normalizer", name)
+    return spec.build(**validate_options(spec, options))
+
+
+def fit_normalizer(normalizer, paths: list[str], images=None):
+    """Fit ``normalizer`` over the images at ``paths`` in one streaming pass (unreadable ones skipped), unless it
+    came fitted (a preset); ``images(paths)`` replaces the plain decoding, e.g. to measure colour on the way."""
+    if not getattr(normalizer, "fitted", False):
+        normalizer.fit(images(paths) if images is not None else (rgb for _, rgb in decoded_images(paths)))
+    return normalizer
 
 
 def calibrate(recipe: Recipe, val_logits: np.ndarray, val_labels: np.ndarray, num_classes: int) -> dict:

@@ -3,7 +3,6 @@ predictions."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -18,26 +17,23 @@ from histofuse.errors import DataError
 from histofuse.evaluation.fitting import EvaluationState, build_normalizer, calibrate
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
 from histofuse.qc import QCThresholds, qc_summary, run_qc
-from histofuse.recipe import ExternalSetConfig, Recipe, validate_options
+from histofuse.recipe import ExternalSetConfig, Recipe
+from histofuse.reporting import log
 from histofuse.rundir import RunDir
 
-log = logging.getLogger("histofuse")
 
-
-def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> pd.DataFrame:
-    """Scan an external set, map its labels onto the training classes, and check them."""
+def load_external(external: ExternalSetConfig, registry, classes: list[str], where: str | None = None) -> pd.DataFrame:
+    """Scan an external set, map its labels onto the training classes, and check them. ``where`` names the set in
+    messages (evaluate[0], as the recipe's key); by default, by its name."""
+    from histofuse.data.scanning import scan
     from histofuse.data.table import check_table
 
     spec = registry.get("dataset", external.dataset)
-    if external.root is None:
-        raise DataError(f"evaluate '{external.name}': root is not set. Where to get {spec.name}: {spec.source}")
-    try:
-        table = spec.scan(Path(external.root).expanduser(), **validate_options(spec, external.options))
-    except FileNotFoundError as exc:
-        raise DataError(f"evaluate '{external.name}': {exc}. Where to get it: {spec.source}") from None
+    table = scan(spec, external.root, external.options, f"{where}.root" if where else f"evaluate '{external.name}' root")
+    where = where or f"evaluate '{external.name}'"
     bad_targets = sorted(set(external.label_map.values()) - set(classes))
     if bad_targets:
-        raise DataError(f"evaluate '{external.name}': label map targets {bad_targets} are not classes of this model {classes}")
+        raise DataError(f"{where}: label map targets {bad_targets} are not classes of this model {classes}")
     if external.label_map:
         table = table.copy()
         table["label"] = table["label"].astype(str).map(lambda v: external.label_map.get(v, v))
@@ -45,7 +41,7 @@ def load_external(external: ExternalSetConfig, registry, classes: list[str]) -> 
     unknown = sorted(found - set(classes))
     if unknown:
         raise DataError(
-            f"evaluate '{external.name}': labels {unknown} of dataset '{spec.name}' are not classes of this model "
+            f"{where}: labels {unknown} of dataset '{spec.name}' are not classes of this model "
             f"{classes}; map them with label_map (--map FROM=TO) or a dataset option such as label = \"binary\""
         )
     # An external set may lack a class (e.g. tumour-only, to measure sensitivity): metrics handle it.
@@ -73,13 +69,7 @@ def evaluate_frame(
     """Metrics for one set; writes predictions (and QC scores) under ``run_dir`` when ``write``."""
     qc_info = None
     if qc is not None:
-        scored = run_qc(frame, qc, decode_image)
-        if write and run_dir is not None:
-            scored.to_csv(RunDir(run_dir).qc_scores(name), index=False)
-        qc_info = qc_summary(scored)
-        frame = scored[scored["qc_pass"]].drop(columns=["blur", "tissue", "qc_pass", "qc_reason"]).reset_index(drop=True)
-        if frame.empty:
-            raise DataError(f"evaluate '{name}': quality control removed every image ({qc_info['reasons']})")
+        frame, qc_info = _quality_controlled(name, frame, qc, run_dir if write else None)
     result, normalization = predict_frame(frame, tta, normalize)
     threshold, temperature = calibration["threshold"], calibration["temperature"]
     probs = softmax(result.logits, temperature)
@@ -110,17 +100,33 @@ def evaluate_frame(
     else:
         color_probs = None
     if write and run_dir is not None:
-        keep = ["path", "group", "label", "subtype", *[c for c in by if c not in ("path", "group", "label", "subtype")]]
-        out = rows[[c for c in keep if c in rows]].copy()
-        for i, cls in enumerate(classes):
-            out[f"prob_{cls}"] = probs[:, i]
-        predicted = probs.argmax(1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
-        out["predicted"] = [classes[i] for i in predicted]
-        if color_probs is not None:  # so that folds and repeats can pool the colour-only floor as they pool the model
-            for i, cls in enumerate(classes):
-                out[f"colour_prob_{cls}"] = color_probs[:, i]
-        out.to_csv(RunDir(run_dir).predictions(name), index=False)
+        _write_predictions(RunDir(run_dir).predictions(name), rows, by, classes, probs, threshold, color_probs)
     return metrics
+
+
+def _quality_controlled(name: str, frame: pd.DataFrame, qc: QCThresholds, run_dir: Path | None) -> tuple[pd.DataFrame, dict]:
+    """The images that pass QC and its summary; every image's scores are written under ``run_dir`` when given."""
+    scored = run_qc(frame, qc, decode_image)
+    if run_dir is not None:
+        scored.to_csv(RunDir(run_dir).qc_scores(name), index=False)
+    summary = qc_summary(scored)
+    kept = scored[scored["qc_pass"]].drop(columns=["blur", "tissue", "qc_pass", "qc_reason"]).reset_index(drop=True)
+    if kept.empty:
+        raise DataError(f"evaluate '{name}': quality control removed every image ({summary['reasons']})")
+    return kept, summary
+
+
+def _write_predictions(path: Path, rows: pd.DataFrame, by, classes: list[str], probs, threshold, color_probs) -> None:
+    keep = ["path", "group", "label", "subtype", *[c for c in by if c not in ("path", "group", "label", "subtype")]]
+    out = rows[[c for c in keep if c in rows]].copy()
+    for i, cls in enumerate(classes):
+        out[f"prob_{cls}"] = probs[:, i]
+    predicted = probs.argmax(1) if threshold is None else (probs[:, 1] >= threshold).astype(int)
+    out["predicted"] = [classes[i] for i in predicted]
+    if color_probs is not None:  # so that folds and repeats can pool the colour-only floor as they pool the model
+        for i, cls in enumerate(classes):
+            out[f"colour_prob_{cls}"] = color_probs[:, i]
+    out.to_csv(path, index=False)
 
 
 def write_validation_predictions(run_dir: Path, tta: str, frame: pd.DataFrame, result, classes: list[str], temperature: float):
@@ -153,7 +159,7 @@ class Evaluator:
     """Evaluates one trained model on any table of images, with the run's fitted state."""
 
     def __init__(
-        self, *, accelerator, model, recipe: Recipe, registry, classes, state: EvaluationState, val_frame, run_dir, console
+        self, *, accelerator, model, recipe: Recipe, registry, classes, state: EvaluationState, val_frame, run_dir
     ):
         from histofuse.data.loading import default_num_workers
 
@@ -165,7 +171,6 @@ class Evaluator:
         self.state = state
         self.val_frame = val_frame
         self.run_dir = run_dir
-        self.console = console
         self.normalizer = build_normalizer(registry, state.normalizer)
         data = recipe.data
         self.workers = data.num_workers if data.num_workers is not None else default_num_workers()
@@ -206,7 +211,7 @@ class Evaluator:
                                              self.state.calibration[tta]["temperature"])
             found = self.state.calibration[tta]
             if len(self.classes) == 2 and found["threshold"] is None and self.recipe.evaluation.threshold == "youden":
-                self.console.print("warning: no validation threshold beats chance; predicting the most probable class")
+                log.warning("no validation threshold beats chance; predicting the most probable class")
             if self.accelerator.is_main_process and self.run_dir is not None:
                 self.state.save(self.run_dir)
         return self.state.calibration[tta]
@@ -219,7 +224,7 @@ class Evaluator:
             by=self.recipe.evaluation.by,
             run_dir=self.run_dir, write=self.accelerator.is_main_process,
         )
-        self.console.print(summary_line(metrics), markup=False)
+        log.info(summary_line(metrics))
         return metrics
 
     def evaluate_external(self, external: ExternalSetConfig) -> dict:

@@ -31,6 +31,19 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
         problems += check_options(fusion, recipe.model.fusion_options, "model.fusion_options")
 
     names = [b.name for b in recipe.model.backbones]
+    _check_backbones(recipe, names, known, problems)
+    _check_phases(recipe, names, problems)
+    _check_evaluation(recipe, known, problems)
+    if recipe.data.classes is not None and len(set(recipe.data.classes)) != len(recipe.data.classes):
+        problems.append("data.classes: class names must be unique")
+    for hook_problems in registry.pm.hook.validate_recipe(recipe=recipe):
+        problems += list(hook_problems or [])
+    return problems
+
+
+
+
+def _check_backbones(recipe: Recipe, names: list[str], known, problems: list[str]) -> None:
     for i, backbone in enumerate(recipe.model.backbones):
         if names.count(backbone.name) > 1 and names.index(backbone.name) < i:
             problems.append(f"model.backbones[{i}].name: '{backbone.name}' is used by two backbones")
@@ -51,6 +64,8 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
                 if phase.unfreeze == "all" or (isinstance(phase.unfreeze, dict) and phase.unfreeze.get(backbone.name, 0) > 0)
             ]
 
+
+def _check_phases(recipe: Recipe, names: list[str], problems: list[str]) -> None:
     phase_names = [p.name for p in recipe.phases]
     for i, phase in enumerate(recipe.phases):
         if phase_names.count(phase.name) > 1 and phase_names.index(phase.name) < i:
@@ -88,6 +103,8 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
                 "set unfreeze (\"all\" or a table of backbone = groups) or drop lr.backbone"
             )
 
+
+def _check_evaluation(recipe: Recipe, known, problems: list[str]) -> None:
     normalizer_cfg = recipe.evaluation.normalizer
     if any(e.normalize for e in recipe.evaluate):
         normalizer = known("normalizer", normalizer_cfg.name, "evaluation.normalizer.name")
@@ -106,12 +123,6 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
             unknown = sorted(set(external.label_map.values()) - set(recipe.data.classes))
             if unknown:
                 problems.append(f"evaluate[{i}].label_map: maps to {unknown}, not in data.classes {recipe.data.classes}")
-
-    if recipe.data.classes is not None and len(set(recipe.data.classes)) != len(recipe.data.classes):
-        problems.append("data.classes: class names must be unique")
-    for hook_problems in registry.pm.hook.validate_recipe(recipe=recipe):
-        problems += list(hook_problems or [])
-    return problems
 
 
 def check_options(spec: Any, options: dict[str, Any], path: str) -> list[str]:

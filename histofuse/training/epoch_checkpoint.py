@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,15 @@ class TrainingState:
     @classmethod
     def from_json(cls, data: dict) -> "TrainingState":
         return cls(**data)
+
+    def improves(self, score: float, loss: float, minimise: bool, min_delta: float) -> bool:
+        """Better than the best by more than ``min_delta``; on an exact tie (AUC saturates at 1.0), a lower loss wins."""
+        if not math.isfinite(score):
+            return False
+        if not math.isfinite(self.best):
+            return True
+        gain = (-1.0 if minimise else 1.0) * (score - self.best)
+        return gain > min_delta or (gain == 0 and loss < self.best_loss)
 
 
 @dataclass

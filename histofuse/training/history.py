@@ -65,3 +65,15 @@ class History:
             f"val_loss {r['val_loss']:.4f}  val_auc {auc}  val_acc {r['val_accuracy']:.3f}  "
             f"lr {'/'.join(f'{v:.1e}' for k, v in r.items() if k.startswith('lr_'))}  {r['seconds']:.1f}s{star}"
         )
+
+
+def learning_rates(optimizer, backbones) -> dict:
+    """lr_head and lr_<backbone> for every backbone (0 while frozen): the same columns in every phase.
+
+    A backbone's is its top group's rate; layer-wise decay scales the groups below it.
+    """
+    rates = {f"lr_{name}": 0.0 for name in ["head", *backbones]}
+    for group in optimizer.param_groups:
+        key = f"lr_{group['name']}"
+        rates[key] = max(rates[key], group["lr"])
+    return rates
