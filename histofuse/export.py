@@ -73,13 +73,34 @@ def export(run, fmt: str, out: Path) -> dict:
     if not diff <= TOLERANCE:
         out.unlink(missing_ok=True)
         raise HistofuseError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on {checked_on}; not written")
-    sidecar = {"classes": run.classes, "image_size": run.recipe.data.image_size, "resize": run.recipe.data.resize_to,
+    data = run.recipe.data
+    sidecar = {"classes": run.classes, "image_size": data.image_size, "resize": None if data.keeps_scale else data.resize_to,
                "input": "RGB float32 in [0, 1], NCHW; each backbone normalises inside the model", "output": "logits",
                "calibration": run.state.calibration, "max_abs_diff": diff, "checked_on": checked_on}
+    if data.keeps_scale:
+        tiles = data.tiles.resolved(data.image_size).model_dump() if data.tiles is not None else None
+        sidecar["scale"] = {"mpp": data.mpp, "tiles": tiles, "how": _how_to_feed(data)}
     if widened:
         sidecar["weights"] = f"bfloat16 weights of {', '.join(widened)} stored as float32 (same values)"
     out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=2))
     return {"max_abs_diff": diff, "checked_on": checked_on}
+
+
+def _how_to_feed(data) -> str:
+    """The steps between an image file and this model's input, for a run trained at one scale or on tiles."""
+    scale = (f"Rescale the image by its µm per pixel / {data.mpp:g} (area interpolation down, cubic up). "
+             if data.mpp is not None else "Keep the image at its own scale. ")
+    if data.tiles is None:
+        return scale + f"Mirror-pad it to at least {data.image_size} pixels a side and cut the centre {data.image_size}-pixel square."
+    tiles = data.tiles.resolved(data.image_size)
+    return scale + (
+        f"Mirror-pad it to at least {tiles.size} pixels a side; place {tiles.size}-pixel tiles every {tiles.stride} "
+        "pixels, the last row and column flush with the edges. Tissue is a pixel whose grey level is below 220. Keep "
+        f"every tile with at least {tiles.min_tissue:g} tissue, then, richest first, each tile that holds tissue no kept "
+        f"tile covers; at most {tiles.max_tiles}, the richest first; the richest tile alone when none holds tissue. "
+        f"Resize each tile to {data.image_size} pixels, run the model on each, average the tiles' softmax "
+        "probabilities, and apply the calibration's temperature to the log of that mean."
+    )
 
 
 SPACE_PACKAGES = ("gradio", "onnxruntime", "numpy", "opencv-python-headless")
@@ -109,6 +130,12 @@ def export_space(run, folder: Path) -> dict:
     The Space classifies with the run's locked threshold and temperature, with or without TTA; heatmaps and stain
     normalization need PyTorch and histofuse, so they stay with ``histofuse serve``.
     """
+    if run.recipe.data.keeps_scale:
+        raise HistofuseError(
+            "--format space: the Space's app resizes each upload whole, but this run was trained at one scale or on "
+            "tiles (data.mpp, data.tiles), which the app does not do; serve it with histofuse serve, or export "
+            "--format onnx, whose sidecar says how to cut and pool the tiles"
+        )
     import shutil
     import sys
 

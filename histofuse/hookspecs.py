@@ -56,7 +56,8 @@ def validate_recipe(recipe):
 
 @hookspec(firstresult=True)
 def make_transforms(stage, strength, image_size, resize, stain_jitter, stain_jitter_method):
-    """Return a callable ``image -> float tensor (3, H, W) in [0, 1]`` for ``stage`` ('train' or 'eval'); None defers."""
+    """Return a callable ``image -> float tensor (3, H, W) in [0, 1]`` for ``stage`` ('train' or 'eval'); None defers.
+    ``resize`` 0: the image keeps its scale (data.mpp, data.tiles), so crop without resizing."""
 
 
 @hookspec(firstresult=True)

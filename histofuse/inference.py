@@ -69,20 +69,28 @@ class LoadedRun:
         """The eval transform, or for multi-crop TTA the whole resized square its views are cut from."""
         return self.multi_crop_transform if tta == "crops5" else self.transform
 
+    def normalized(self, rgb: np.ndarray, normalize: bool) -> np.ndarray:
+        if not normalize:
+            return rgb
+        if self.normalizer is None:
+            raise HistofuseError("this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
+        return self.normalizer.transform(rgb)
+
     def preprocess(self, rgb: np.ndarray, normalize: bool, tta: str = "none") -> torch.Tensor:
-        if normalize:
-            if self.normalizer is None:
-                raise HistofuseError("this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
-            rgb = self.normalizer.transform(rgb)
-        return self.transform_for(tta)(rgb)
+        return self.transform_for(tta)(self.normalized(rgb, normalize))
 
     @torch.no_grad()
-    def probabilities(self, batch: torch.Tensor, tta: str) -> np.ndarray:
+    def probabilities(self, batch: torch.Tensor, tta: str, tile_counts: torch.Tensor | None = None) -> np.ndarray:
+        """Calibrated probabilities per image; ``tile_counts``: the batch is grids of tiles, pooled per image."""
         from histofuse.calibration import softmax
+        from histofuse.training.predict import pooled_tile_logits
         from histofuse.tta import predict_logits
 
-        logits = predict_logits(self.model, batch, tta, crop_size=self.recipe.data.image_size).numpy()
-        return softmax(logits, self.calibration(tta)["temperature"])
+        if tile_counts is None:
+            logits = predict_logits(self.model, batch, tta, crop_size=self.recipe.data.image_size)
+        else:
+            logits = pooled_tile_logits(self.model, batch, tile_counts, tta, crop_size=self.recipe.data.image_size)
+        return softmax(logits.numpy(), self.calibration(tta)["temperature"])
 
     def decide(self, probs: np.ndarray, tta: str) -> np.ndarray:
         """Class indices: the locked threshold on the positive class when there is one, else the most probable."""
@@ -125,23 +133,29 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
 
 
 def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_size: int, num_workers: int,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                  progress: Callable[[int, int], None] | None = None, mpp: float | None = None) -> pd.DataFrame:
     """One row per input image: probabilities and the decided class, or the reason it could not be read; with
     ``normalize``, also why the normalizer left a tile unchanged (a background or flat tile, say). ``progress``
-    hears how many images each batch settled, and of how many."""
+    hears how many images each batch settled, and of how many. ``mpp``: the images' µm per pixel, for a run
+    trained at one scale (data.mpp); unset, they are taken to be at the run's scale already."""
     from histofuse.data.decode import decoded_images
+    from histofuse.data.tiles import check_tta
     from histofuse.recipe import TTA
 
     if tta not in get_args(TTA):
         raise HistofuseError(f"--tta: expected one of {', '.join(get_args(TTA))}, got '{tta}'")
+    check_tta(run.recipe.data, tta, "--tta")
     if normalize and hasattr(run, "members"):
-        return _ensemble_normalized(run, inputs, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        return _ensemble_normalized(run, inputs, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                                    mpp=mpp)
     if normalize and run.normalizer is None:
         raise HistofuseError("--normalize: this run saved no stain normalizer (no [[evaluate]] set had normalize = true)")
     paths, failed = expand_inputs(inputs)
     if not paths and not failed:
         raise HistofuseError("no image files found in " + ", ".join(map(str, inputs)) + f" (looked for {', '.join(IMAGE_SUFFIXES)})")
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    if run.recipe.data.mpp is not None:
+        frame["mpp"] = run.recipe.data.mpp if mpp is None else mpp
     rows, unchanged = [], {}
     if paths:
         if normalize:
@@ -149,13 +163,13 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
         for batch in _batches(run, frame, tta, normalize, batch_size, num_workers, unchanged):
             failed += batch["failed"]
             if batch["image"] is not None:
-                probs = run.probabilities(batch["image"], tta)
+                probs = run.probabilities(batch["image"], tta, batch.get("tile_counts"))
                 decided = run.decide(probs, tta)
                 for index, p, d in zip(batch["index"].tolist(), probs, decided):
                     rows.append({"path": frame["path"][index], "predicted": run.classes[d], "error": "",
                                  "unnormalized": unchanged.get(index, ""), **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}})
             if progress is not None:
-                progress(len(batch["failed"]) + (0 if batch["image"] is None else len(batch["image"])), len(paths))
+                progress(len(batch["failed"]) + (0 if batch["image"] is None else len(batch["index"])), len(paths))
     rows += [{"path": path, "predicted": "", "error": reason, "unnormalized": ""} for path, reason in failed]
     names = ["path", "predicted", *[f"prob_{c}" for c in run.classes], "error"] + (["unnormalized"] if normalize else [])
     result = pd.DataFrame(rows, columns=names)
@@ -164,13 +178,14 @@ def predict_paths(run, inputs: list[Path], *, tta: str, normalize: bool, batch_s
 
 
 def _ensemble_normalized(run, inputs, *, tta: str, batch_size: int, num_workers: int,
-                         progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+                         progress: Callable[[int, int], None] | None, mpp: float | None) -> pd.DataFrame:
     """A fold ensemble with stain normalization: each fold predicts with its own normalizer (fitted on its own
     training patients), then the probabilities are averaged and decided at the ensemble's threshold."""
     members = len(run.members)
     # One bar for the whole ensemble: every fold predicts every image.
     each = None if progress is None else (lambda done, total: progress(done, total * members))
-    frames = [predict_paths(m, inputs, tta=tta, normalize=True, batch_size=batch_size, num_workers=num_workers, progress=each)
+    frames = [predict_paths(m, inputs, tta=tta, normalize=True, batch_size=batch_size, num_workers=num_workers, progress=each,
+                            mpp=mpp)
               for m in run.members]
     out = frames[0].copy()
     columns = [f"prob_{c}" for c in run.classes]
@@ -187,8 +202,11 @@ def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: in
     (the normalizer runs in the workers, whose own counts never reach this process)."""
     from histofuse.data.eval_loader import collect_unchanged, make_eval_loader
 
+    from histofuse.data.tiles import table_options
+
     loader = make_eval_loader(frame, run.classes, run.transform_for(tta), run.normalizer if normalize else None,
-                              batch_size, num_workers, max_pixels=run.recipe.data.max_image_pixels)
+                              batch_size, num_workers, max_pixels=run.recipe.data.max_image_pixels,
+                              **table_options(run.recipe.data, frame, False, "the images"))
     return collect_unchanged(loader, unchanged)
 
 

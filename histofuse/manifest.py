@@ -125,8 +125,7 @@ def model_card(manifest: dict) -> str:
         f"# {recipe['name']}", "", recipe.get("description", ""), "",
         "## Model", "",
         f"- Backbones: {backbones}; fusion: `{model['fusion']}`; classes: {', '.join(manifest['classes'])}.",
-        f"- Input: RGB, resized to {_resize_to(recipe['data'])} px (short side) and centre-cropped to "
-        f"{recipe['data']['image_size']} px.",
+        f"- Input: {_input(recipe['data'])}",
         "- Training: " + "; ".join(f"{p['name']} ({p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}, unfreeze {p['unfreeze']})" for p in recipe["phases"]) + ".",
         "",
         "## Data", "",
@@ -161,12 +160,20 @@ def model_card(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _resize_to(data: dict) -> int:
-    """The short side the data pipeline resizes to. Constructed without validation: a manifest from another
-    histofuse version may carry keys this one no longer accepts, and only resize and image_size matter here."""
-    from histofuse.recipe import DataConfig
+def _input(data: dict) -> str:
+    """What the model is shown. The data section is read without validation: a manifest from another histofuse
+    version may carry keys this one no longer accepts, and only the image keys matter here."""
+    size = data["image_size"]
+    if data.get("mpp") is None and data.get("tiles") is None:
+        from histofuse.recipe import DataConfig
 
-    return DataConfig.model_construct(**data).resize_to
+        return f"RGB, resized to {DataConfig.model_construct(**data).resize_to} px (short side) and centre-cropped to {size} px."
+    scale = f"brought to {data['mpp']:g} µm per pixel" if data.get("mpp") is not None else "at its own scale"
+    if data.get("tiles") is None:
+        return f"RGB, {scale} and centre-cropped to {size} px."
+    tile = data["tiles"].get("size") or size
+    return (f"RGB, {scale}; {tile}-px tissue tiles (one per image in training; a grid whose tiles' probabilities are "
+            f"averaged in evaluation), each fed at {size} px.")
 
 
 def _f(value) -> str:

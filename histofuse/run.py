@@ -101,7 +101,7 @@ def run_recipe(
 
     model = _build_model(recipe, registry, classes)
     frames = {s: table[table["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    make_train_loader, val_loader = run_loaders(recipe, hooks, classes, frames, table["path"].tolist(), accelerator)
+    make_train_loader, val_loader = run_loaders(recipe, hooks, classes, frames, table, accelerator)
     criterion = _criterion(recipe, classes, frames["train"], accelerator.device)
     meta = {"recipe": recipe.model_dump(mode="json"), "classes": classes, "histofuse": _version()}
     trainer = Trainer(

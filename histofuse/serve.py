@@ -41,10 +41,17 @@ def classify(run, upload: bytes | None, normalization: str, tta: str, max_bytes:
     rgb = decode_upload(upload)
     if normalize:
         run.adapt([rgb])  # a "dataset" normalizer sees the upload as its set
-    probs = run.probabilities(run.preprocess(rgb, normalize)[None], tta)
+    grid = None
+    if run.recipe.data.tiles is not None:  # as evaluation saw images: a grid of tiles, their probabilities averaged
+        from histofuse.tile_map import tile_map
+
+        grid = tile_map(run, rgb, normalize=normalize, tta=tta)
+        probs = grid.pooled[None]
+    else:
+        probs = run.probabilities(run.preprocess(rgb, normalize)[None], tta)
     decided = int(run.decide(probs, tta)[0])
     # The heatmaps explain the class shown, which the chosen TTA and calibration decided.
-    _, explanations = explain(run, rgb, normalize=normalize, target=decided)
+    _, explanations = explain(run, rgb, normalize=normalize, target=decided, grid=grid)
     elapsed = time.perf_counter() - started
     return (
         {c: float(p) for c, p in zip(run.classes, probs[0])},

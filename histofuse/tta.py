@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from histofuse.recipe.schema import MULTI_CROP
+
 # The paper's seven views; "both flips" equals the 180-degree rotation, so one view counts twice.
 PAPER7 = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot180", "rot270")
 # The eight distinct symmetries of the square (the dihedral group D4).
@@ -11,7 +13,6 @@ D4 = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "a
 # Multi-crop: the four corners and the centre of the resized square, each the model's input size.
 CROPS5 = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 MODES = {"none": ("identity",), "paper7": PAPER7, "d4": D4, "crops5": CROPS5}
-MULTI_CROP = {"crops5"}
 
 
 def crop(x: torch.Tensor, name: str, size: int) -> torch.Tensor:

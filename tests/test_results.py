@@ -375,9 +375,9 @@ def test_the_web_app_explains_the_class_it_shows(loaded_run, synthetic_root, mon
     targets = []
     real = histofuse.explain.explain
 
-    def spy(run, rgb, *, normalize=False, target=None):
+    def spy(run, rgb, *, target=None, **options):
         targets.append(target)
-        return real(run, rgb, normalize=normalize, target=target)
+        return real(run, rgb, target=target, **options)
 
     monkeypatch.setattr(histofuse.explain, "explain", spy)
     good = sorted(synthetic_root.rglob("*.png"))[0].read_bytes()

@@ -23,6 +23,9 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", min=0, max=64, help="Decoding workers (default: cores - 1)."),
     fold: Optional[int] = FoldOption,
+    mpp: Optional[float] = typer.Option(
+        None, "--mpp", min=0.01, max=20, help="The images' µm per pixel, for a run trained at one scale (data.mpp)."
+    ),
 ) -> None:
     """Predict images with a finished run: its weights, classes, normalizer and validation-locked threshold.
     On a cross-validation folder: the mean of its fold models, at the threshold locked on their validation splits."""
@@ -37,11 +40,12 @@ def predict(
             f"the decision is the most probable class. To lock them on its validation split, run histofuse evaluate "
             f"{where} --tta {tta} on any set.", markup=False,
         )
+    _check_scale(run, mpp)
     workers = default_num_workers() if num_workers is None else num_workers
     columns = (TextColumn("  predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("predict", total=None)
-        result = predict_paths(run, inputs, tta=tta, normalize=normalize, batch_size=batch_size, num_workers=workers,
+        result = predict_paths(run, inputs, tta=tta, normalize=normalize, batch_size=batch_size, num_workers=workers, mpp=mpp,
                                progress=lambda done, total: progress.update(task, advance=done, total=total))
     console.print(predictions_table(result, run.classes))
     if out is not None:
@@ -103,8 +107,12 @@ def explain_images(
     normalize: bool = typer.Option(False, "--normalize", help="Apply the run's fitted stain normalizer first."),
     out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the heatmap overlays (PNG)."),
     fold: Optional[int] = FoldOption,
+    mpp: Optional[float] = typer.Option(
+        None, "--mpp", min=0.01, max=20, help="The images' µm per pixel, for a run trained at one scale (data.mpp)."
+    ),
 ) -> None:
-    """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches).
+    """Heatmaps of where each branch looks: Grad-CAM (CNN branches), attention rollout (ViT branches); for a run
+    trained on tiles, also each tile's probability over the image (<image>_tiles.png).
     On a cross-validation folder: the fold ensemble's probabilities, each heatmap averaged over the folds."""
     import cv2
 
@@ -114,6 +122,7 @@ def explain_images(
     from histofuse.inference import open_run
 
     run = open_run(run_dir, fold)
+    _check_scale(run, mpp)
     if normalize:
         run.adapt(rgb for _, rgb in decoded_images(images))  # the given images are the set, as in predict
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,7 @@ def explain_images(
             err_console.print(f"unreadable: {exc}", markup=False)
             failed += 1
             continue
-        probs, explanations = explain(run, rgb, normalize=normalize)
+        probs, explanations = explain(run, rgb, normalize=normalize, mpp=mpp)
         label = ", ".join(f"{c} {p:.3f}" for c, p in zip(run.classes, probs))
         for e in explanations:
             target = out / f"{stem}_{e.backbone}.png"
@@ -133,6 +142,17 @@ def explain_images(
             console.print(f"{path}: {label}; {e.backbone} ({e.method}) -> {target}", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _check_scale(run, mpp: Optional[float]) -> None:
+    """--mpp means something only to a run trained at one scale; such a run says what it assumes without it."""
+    trained_at = run.recipe.data.mpp
+    if mpp is not None and trained_at is None:
+        raise typer.BadParameter("this run was trained without data.mpp: it never brought images to one scale, so it "
+                                 "takes them as they are; leave out --mpp", param_hint="--mpp")
+    if mpp is None and trained_at is not None:
+        err_console.print(f"note: the run was trained at {trained_at:g} µm per pixel; the images are taken to be at that "
+                          "scale (give theirs with --mpp)", markup=False)
 
 
 def _unique_stems(paths: List[Path]) -> List[str]:

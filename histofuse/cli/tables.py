@@ -134,12 +134,23 @@ def _data(recipe: Recipe, registry: Registry) -> Table:
     root = Path(recipe.data.root).expanduser() if recipe.data.root else None
     state = "not set" if root is None else (str(root) if root.exists() else f"{root} (missing: {dataset.spec.source})")
     data.add_row("root", state)
-    data.add_row("image size", f"resize {recipe.data.resize_to}, crop {recipe.data.image_size}")
+    data.add_row("image size", _image_size(recipe.data))
     split = recipe.data.split
     held_out = f"test {split.test:g}" if split.folds is None else f"{split.folds} folds" + (f", fold {split.fold} only" if split.fold else "")
     data.add_row("split (by patient)", f"val {split.val:g}, {held_out}, seed {recipe.seed if split.seed is None else split.seed}")
     data.add_row("batch size", str(recipe.data.batch_size))
     return data
+
+
+def _image_size(data) -> str:
+    if not data.keeps_scale:
+        return f"resize {data.resize_to}, crop {data.image_size}"
+    scale = f"at {data.mpp:g} µm/px" if data.mpp is not None else "at each image's own scale"
+    if data.tiles is None:
+        return f"{scale}, crop {data.image_size}"
+    tiles = data.tiles.resolved(data.image_size)
+    return (f"{scale}, tiles of {tiles.size} px (training: one with {tiles.min_tissue:g} tissue; evaluation: a grid "
+            f"every {tiles.stride} px, at most {tiles.max_tiles}, mean probability)")
 
 
 def _evaluation(recipe: Recipe, registry: Registry) -> Table:

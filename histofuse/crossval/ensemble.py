@@ -78,17 +78,20 @@ class FoldEnsemble:
     def transform_for(self, tta: str):
         return self.multi_crop_transform if tta == "crops5" else self.transform
 
-    def preprocess(self, rgb: np.ndarray, normalize: bool, tta: str = "none") -> torch.Tensor:
+    def normalized(self, rgb: np.ndarray, normalize: bool) -> np.ndarray:
         if normalize:
             raise HistofuseError(
                 "the fold ensemble has no single stain normalizer (each fold fitted its own on its training patients): "
                 "histofuse predict --normalize normalizes per fold; elsewhere choose one fold with --fold N"
             )
-        return self.transform_for(tta)(rgb)
+        return rgb
+
+    def preprocess(self, rgb: np.ndarray, normalize: bool, tta: str = "none") -> torch.Tensor:
+        return self.transform_for(tta)(self.normalized(rgb, normalize))
 
     @torch.no_grad()
-    def probabilities(self, batch: torch.Tensor, tta: str) -> np.ndarray:
-        return np.mean([m.probabilities(batch, tta) for m in self.members], axis=0)
+    def probabilities(self, batch: torch.Tensor, tta: str, tile_counts: torch.Tensor | None = None) -> np.ndarray:
+        return np.mean([m.probabilities(batch, tta, tile_counts) for m in self.members], axis=0)
 
     def decide(self, probs: np.ndarray, tta: str) -> np.ndarray:
         threshold = self.calibration(tta)["threshold"]

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from histofuse.data.decode import MAX_PIXELS, decode_buffer
+from histofuse.data.tiles import rescale
 from histofuse.errors import ImageDecodeError
 
 VERSION = "1"  # bump when the decoded representation changes
@@ -29,16 +30,17 @@ class DecodeCache:
         self.folder = Path(folder)
         self.resize = resize
         self.max_pixels = max_pixels
-        self.index: dict[tuple[str, int, int], Path] = {}
+        self.index: dict[tuple[str, int, int, float | None], Path] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def load(self, path: str) -> np.ndarray:
-        """The image at ``path`` decoded and resized (shorter side = ``resize``), from the cache when it is there."""
+    def load(self, path: str, scale: float | None = None) -> np.ndarray:
+        """The image at ``path`` decoded and resized (shorter side = ``resize``; by ``scale`` instead when given, to
+        the recipe's µm per pixel), from the cache when it is there."""
         try:
             stat = os.stat(path)
         except OSError as exc:
             raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from None
-        fingerprint = (str(path), stat.st_size, stat.st_mtime_ns)
+        fingerprint = (str(path), stat.st_size, stat.st_mtime_ns, scale)
         entry = self.index.get(fingerprint)
         if entry is not None:
             try:
@@ -46,7 +48,7 @@ class DecodeCache:
             except (OSError, ValueError):  # removed or damaged since: rebuild below
                 self.index.pop(fingerprint, None)
         data = np.fromfile(path, dtype=np.uint8)
-        entry = self.folder / f"{self._key(data)}.npy"
+        entry = self.folder / f"{self._key(data, scale)}.npy"
         if entry.exists():
             try:
                 image = np.load(entry, mmap_mode="r")
@@ -54,14 +56,16 @@ class DecodeCache:
                 return image
             except (OSError, ValueError):
                 pass
-        image = self.shrink(decode_buffer(data, str(path), self.max_pixels))
+        image = decode_buffer(data, str(path), self.max_pixels)
+        image = self.shrink(image) if scale is None else rescale(image, scale)
         self._write(entry, image)
         self.index[fingerprint] = entry
         return image
 
-    def _key(self, data: np.ndarray) -> str:
+    def _key(self, data: np.ndarray, scale: float | None) -> str:
         digest = hashlib.sha256(data.tobytes())
-        digest.update(f"|resize={self.resize}|v{VERSION}".encode())
+        setting = f"resize={self.resize}" if scale is None else f"scale={scale:.6g}"
+        digest.update(f"|{setting}|v{VERSION}".encode())
         return digest.hexdigest()
 
     def shrink(self, image: np.ndarray) -> np.ndarray:
@@ -88,17 +92,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "histofuse" / "decoded"
 
 
-def warm_cache(paths: list[str], folder: Path, resize: int, max_pixels: int) -> DecodeCache:
-    """Decode every image into the cache once; unreadable files are left to the loader to report."""
+def warm_cache(paths: list[str], folder: Path, resize: int, max_pixels: int, scales: list[float] | None = None) -> DecodeCache:
+    """Decode every image into the cache once (each brought to the recipe's µm per pixel by its factor in ``scales``,
+    when given); unreadable files are left to the loader to report."""
     from histofuse.reporting import log, progress
 
     cache = DecodeCache(folder, resize, max_pixels)
     with progress("decode cache", len(paths)) as advance:
-        for path in paths:
+        for i, path in enumerate(paths):
             try:
-                cache.load(path)
+                cache.load(path, None if scales is None else scales[i])
             except ImageDecodeError:
                 pass
             advance()
-    log.info(f"decode cache: {len(cache.index)} images at shorter side {resize} in {folder}")
+    size = f"shorter side {resize}" if scales is None else "the recipe's scale"
+    log.info(f"decode cache: {len(cache.index)} images at {size} in {folder}")
     return cache

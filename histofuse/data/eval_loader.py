@@ -8,13 +8,14 @@ import pandas as pd
 
 
 def make_eval_transform(hooks, data, tta: str = "none"):
-    """Resize and centre-crop as the recipe's data section says; no randomness. Multi-crop TTA keeps the whole
-    resized square, from which its views are cut."""
+    """Resize and centre-crop as the recipe's data section says (with data.mpp or data.tiles: crop without
+    resizing); no randomness. Multi-crop TTA keeps the whole resized square, from which its views are cut."""
     from histofuse.tta import MULTI_CROP
 
     size = data.resize_to if tta in MULTI_CROP else data.image_size
     return hooks.make_transforms(
-        stage="eval", strength="none", image_size=size, resize=data.resize_to, stain_jitter=0.0, stain_jitter_method="hestain",
+        stage="eval", strength="none", image_size=size, resize=0 if data.keeps_scale else data.resize_to, stain_jitter=0.0,
+        stain_jitter_method="hestain",
     )
 
 

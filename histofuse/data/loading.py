@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histofuse.data.decode import MAX_PIXELS, decode_image
 from histofuse.data.sampling import EpochSampler
+from histofuse.data.tiles import TileCutter, rescale
 from histofuse.errors import ImageDecodeError
 
 log = logging.getLogger("histofuse")
@@ -21,9 +22,12 @@ log = logging.getLogger("histofuse")
 class ImageTable(Dataset):
     """Images listed in a table; a file that fails to decode yields a failure record instead of raising.
 
+    ``scales`` (one factor per image) bring each decoded image to the recipe's µm per pixel first.
     ``preprocess`` (e.g. stain normalization) runs on the decoded RGB image before
     ``transform``; with ``color_stats`` each sample also carries the six LAB
-    statistics of the image the model sees, for the colour-only baseline.
+    statistics of the image the model sees, for the colour-only baseline. With
+    ``tiles`` a sample is one random tissue tile (``random_tile``, training) or
+    the image's grid of tiles, stacked, with their places (``"tiles"``).
     """
 
     def __init__(
@@ -36,8 +40,12 @@ class ImageTable(Dataset):
         magnifications: list[int] | None = None,
         max_pixels: int = MAX_PIXELS,
         cache=None,
+        scales: list[float] | None = None,
+        tiles: TileCutter | None = None,
+        random_tile: bool = False,
     ):
         self.paths = table["path"].tolist()
+        self.scales, self.tiles, self.random_tile = scales, tiles, random_tile
         self.max_pixels = max_pixels
         # Stain normalization needs the full-resolution image, so a normalizing table reads the source files.
         self.cache = cache if preprocess is None else None
@@ -61,7 +69,7 @@ class ImageTable(Dataset):
         """``key`` is an index, or an (index, augmentation seed) pair from :class:`EpochSampler`."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         try:
-            image = self.cache.load(self.paths[i]) if self.cache is not None else decode_image(self.paths[i], self.max_pixels)
+            image = self._decode(i)
         except ImageDecodeError as exc:
             return {"index": i, "error": exc.reason, "path": self.paths[i]}
         if self.preprocess is not None:
@@ -70,7 +78,18 @@ class ImageTable(Dataset):
         reseed = getattr(self.transform, "set_random_seed", None)
         if seed is not None and reseed is not None:
             reseed(seed)
-        sample = {"index": i, "image": self.transform(image), "label": self.labels[i]}
+        sample = {"index": i, "label": self.labels[i]}
+        if self.tiles is None:
+            sample["image"] = self.transform(image)
+        elif self.random_tile:
+            # The tile's place follows from the sample's seed, as its augmentation does: a resumed run repeats it.
+            # Its own stream of that seed: the augmentation's generator, seeded with the seed alone, must not
+            # draw the same numbers.
+            rng = np.random.default_rng([i] if seed is None else [seed, 1])
+            sample["image"] = self.transform(self.tiles.random_tile(image, rng))
+        else:
+            tiles, sample["tiles"] = self.tiles.grid(image)
+            sample["image"] = torch.stack([self.transform(tile) for tile in tiles])
         if self.magnification is not None:
             sample["magnification"] = self.magnification[i]
         if self.color_stats:
@@ -79,19 +98,31 @@ class ImageTable(Dataset):
             sample["color"] = torch.from_numpy(lab_stats(image))
         return sample
 
+    def _decode(self, i: int) -> np.ndarray:
+        scale = None if self.scales is None else self.scales[i]
+        if self.cache is not None:
+            return self.cache.load(self.paths[i], scale)
+        image = decode_image(self.paths[i], self.max_pixels)
+        return image if scale is None else rescale(image, scale)
+
 
 def collate(samples: list[dict]) -> dict:
-    """Stack the good samples; carry the failed paths so the caller can count and report them."""
+    """Stack the good samples; carry the failed paths so the caller can count and report them. Grids of tiles are
+    concatenated, with each image's count (``tile_counts``) and tile places (``tiles``)."""
     good = [s for s in samples if "error" not in s]
     failed = [(s["path"], s["error"]) for s in samples if "error" in s]
     if not good:
         return {"image": None, "label": None, "index": None, "failed": failed}
+    tiled = "tiles" in good[0]
     batch = {
-        "image": torch.stack([s["image"] for s in good]),
+        "image": (torch.cat if tiled else torch.stack)([s["image"] for s in good]),
         "label": torch.tensor([s["label"] for s in good], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),
         "failed": failed,
     }
+    if tiled:
+        batch["tile_counts"] = torch.tensor([len(s["tiles"]) for s in good], dtype=torch.long)
+        batch["tiles"] = [s["tiles"] for s in good]
     if "color" in good[0]:
         batch["color"] = torch.stack([s["color"] for s in good])
     if "magnification" in good[0]:

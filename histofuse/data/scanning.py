@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from histofuse.errors import DataError, HistofuseError
+from histofuse.data.tiles import scale_factors
 from histofuse.recipe import Recipe, validate_options
+from histofuse.reporting import log
 
 
 def scan(spec, root: str | Path | None, options: dict, setting: str) -> pd.DataFrame:
@@ -31,8 +33,22 @@ def load_table(recipe: Recipe, registry) -> tuple[pd.DataFrame, list[str]]:
     from histofuse.data.table import check_table
 
     spec = registry.get("dataset", recipe.data.dataset)
-    table = scan(spec, recipe.data.root, recipe.data.options, "data.root")
-    return check_table(table, spec.name, recipe.data.classes)
+    table, classes = check_table(scan(spec, recipe.data.root, recipe.data.options, "data.root"), spec.name, recipe.data.classes)
+    log.info(f"dataset '{spec.name}': {len(table)} images, {describe_scale(table)}")
+    if recipe.data.mpp is not None:
+        scale_factors(table, recipe.data.mpp, f"dataset '{spec.name}'")
+    return table, classes
+
+
+def describe_scale(table: pd.DataFrame) -> str:
+    """The images' µm per pixel as the dataset gives it: each value with its count, and how many are unknown."""
+    mpp = table["mpp"] if "mpp" in table else pd.Series(float("nan"), index=table.index)
+    known = mpp.dropna().round(4).value_counts().sort_index()
+    parts = [f"{value:g} µm/px ({count})" for value, count in known.items()]
+    unknown = int(mpp.isna().sum())
+    if unknown:
+        parts.append(f"scale unknown ({unknown})")
+    return "scale " + ", ".join(parts)
 
 
 def check_external_sets(recipe: Recipe, registry, classes: list[str]) -> None:
@@ -49,7 +65,9 @@ def check_external_sets(recipe: Recipe, registry, classes: list[str]) -> None:
             )
             continue
         try:
-            load_external(external, registry, classes, f"evaluate[{i}]")
+            table = load_external(external, registry, classes, f"evaluate[{i}]")
+            if recipe.data.mpp is not None:
+                scale_factors(table, recipe.data.mpp, f"evaluate[{i}]")
         except HistofuseError as exc:
             problems.append(str(exc))
     if problems:

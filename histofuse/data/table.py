@@ -37,6 +37,8 @@ def check_table(table: object, dataset: str, classes: list[str] | None) -> tuple
     table["label"] = table["label"].astype(str)
     table["group"] = table["group"].astype(str)
     table["path"] = table["path"].astype(str)
+    if "mpp" in table:
+        table["mpp"] = _checked_mpp(table, dataset)
     found = sorted(table["label"].unique())
     if classes is None:
         classes = found
@@ -52,3 +54,17 @@ def check_table(table: object, dataset: str, classes: list[str] | None) -> tuple
     if absent:
         raise DataError(f"data.classes names {absent}, but dataset '{dataset}' has no images with those labels")
     return table, list(classes)
+
+
+def _checked_mpp(table: pd.DataFrame, dataset: str) -> pd.Series:
+    """The optional ``mpp`` column (µm per pixel of each image file) as numbers; what is not a positive number is
+    unknown, said once. Only ``data.mpp`` needs the scale, and it refuses unknown ones there."""
+    from histofuse.reporting import log
+
+    mpp = pd.to_numeric(table["mpp"], errors="coerce")
+    bad = table["mpp"].notna() & ~(mpp > 0)
+    if bad.any():
+        first = table[bad].iloc[0]
+        log.warning(f"dataset '{dataset}': {int(bad.sum())} image(s) have an mpp that is not a positive number of µm per "
+                    f"pixel (first: {first['path']}: {first['mpp']!r}); their scale counts as unknown")
+    return mpp.where(mpp > 0).astype(float)

@@ -18,6 +18,7 @@ from histofuse.recipe import (
     format_validation_errors,
     parse_value,
 )
+from histofuse.data.tiles import check_tta
 from histofuse.reporting import speak_on_main_process_only
 from histofuse.rundir import RunDir
 
@@ -79,6 +80,7 @@ def evaluate_run(run_dir: Path, *, dataset, root, name, options, label_map, qc, 
     if tta not in get_args(TTA):
         raise RecipeError("--tta", [f"expected one of {', '.join(get_args(TTA))}, got '{tta}'"])
     run = LoadedRun(run_dir)
+    check_tta(run.recipe.data, tta, "--tta")
     recipe, registry, classes = run.recipe, run.registry, run.classes
     _, parsed_options = dataset_options(registry, dataset, options)
     try:

@@ -13,6 +13,7 @@ from histofuse.calibration import expected_calibration_error, softmax
 from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decode_image, decoded_images
 from histofuse.data.eval_loader import collect_unchanged, make_eval_loader, make_eval_transform
+from histofuse.data.tiles import table_options
 from histofuse.errors import DataError
 from histofuse.evaluation.fitting import EvaluationState, build_normalizer, calibrate
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
@@ -198,7 +199,7 @@ class Evaluator:
             self.recipe.data.eval_batch_size or self.recipe.data.batch_size, self.workers,
             color_stats=self.state.color_baseline is not None,
             magnifications=self.recipe.model.magnification.values if self.recipe.model.magnification.enabled else None,
-            max_pixels=self.recipe.data.max_image_pixels,
+            max_pixels=self.recipe.data.max_image_pixels, **table_options(self.recipe.data, frame, False, "the evaluated set"),
         )
 
     def calibration(self, tta: str) -> dict:

@@ -43,6 +43,7 @@ from histofuse.recipe.schema import (  # noqa: F401
     Recipe,
     SplitConfig,
     TTA,
+    TilesConfig,
     Tracker,
     TrainingConfig,
 )

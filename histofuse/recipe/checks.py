@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from histofuse.recipe.messages import format_validation_errors, show_value
-from histofuse.recipe.schema import Recipe
+from histofuse.recipe.schema import MULTI_CROP, Recipe
 
 
 def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
@@ -34,6 +34,7 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
     _check_backbones(recipe, names, known, problems)
     _check_phases(recipe, names, problems)
     _check_evaluation(recipe, known, problems)
+    _check_tiles(recipe, problems)
     if recipe.data.classes is not None and len(set(recipe.data.classes)) != len(recipe.data.classes):
         problems.append("data.classes: class names must be unique")
     for hook_problems in registry.pm.hook.validate_recipe(recipe=recipe):
@@ -142,3 +143,20 @@ def validate_options(spec: Any, options: dict[str, Any]) -> dict[str, Any]:
     if schema is None:
         return dict(options)
     return schema.model_validate(options).model_dump()
+
+
+def _check_tiles(recipe: Recipe, problems: list[str]) -> None:
+    """Tiles change what one sample is: a random tile in training, a grid pooled in evaluation."""
+    if recipe.data.tiles is None:
+        return
+    for i, phase in enumerate(recipe.phases):
+        if phase.cache_features:
+            problems.append(
+                f"phases[{i}].cache_features: with data.tiles each epoch draws other tiles, so features cannot be "
+                "computed once; remove cache_features (or data.tiles)"
+            )
+    sets = [("evaluation.tta", recipe.evaluation.tta)] + [(f"evaluate[{i}].tta", e.tta) for i, e in enumerate(recipe.evaluate)]
+    for key, tta in sets:
+        if tta in MULTI_CROP:
+            problems.append(f"{key}: {tta} cuts crops from one resized image; with data.tiles the grid covers the image "
+                            "already: use none, paper7 or d4")

@@ -41,6 +41,18 @@ class SplitConfig(_Section):
         return self
 
 
+class TilesConfig(_Section):
+    size: int | None = Field(None, ge=16, le=4096, description="tile side in pixels at the data's scale; default data.image_size")
+    stride: int | None = Field(None, ge=8, le=4096, description="step of the evaluation grid; default the tile size (no overlap)")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="tissue fraction a training tile needs, and a grid tile to count alone")
+    max_tiles: int = Field(64, ge=1, le=4096, description="at most this many grid tiles per image, the tissue-richest")
+    pooling: Literal["mean"] = Field("mean", description="how an image's tile predictions become one: their mean probability")
+
+    def resolved(self, image_size: int) -> "TilesConfig":
+        size = self.size or image_size
+        return self.model_copy(update={"size": size, "stride": self.stride or size})
+
+
 class DataConfig(_Section):
     dataset: str
     root: str | None = None
@@ -57,6 +69,13 @@ class DataConfig(_Section):
     cache: bool = Field(False, description="decode and resize each image once, into an on-disk memory-mapped cache")
     cache_dir: str | None = Field(None, description="where the cache lives; default ~/.cache/histofuse/decoded")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    mpp: float | None = Field(
+        None, gt=0.01, le=20, description="µm per pixel every image is rescaled to first, so tissue has one size in "
+        "pixels across datasets; then images are cropped, not resized"
+    )
+    tiles: TilesConfig | None = Field(
+        None, description="train on random tissue tiles; evaluate on a grid of tiles, pooled into one prediction per image"
+    )
     permute_labels: bool = Field(
         False, description="permutation control: shuffle the diagnoses among the training patients (validation and "
         "test keep theirs); a model that learns from tissue then tests at chance"
@@ -66,7 +85,17 @@ class DataConfig(_Section):
     def _resize_covers_crop(self) -> "DataConfig":
         if self.resize is not None and self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size})")
+        if self.tiles is not None:
+            tiles = self.tiles.resolved(self.image_size)
+            if tiles.stride > tiles.size:
+                raise ValueError(f"tiles.stride ({tiles.stride}) is larger than the tile ({tiles.size}): the grid would "
+                                 "leave gaps between tiles; keep stride <= size")
         return self
+
+    @property
+    def keeps_scale(self) -> bool:
+        """With a physical scale or tiles, images are cropped at their (rescaled) resolution, never resized to fit."""
+        return self.mpp is not None or self.tiles is not None
 
     @property
     def resize_to(self) -> int:
@@ -215,6 +244,7 @@ class NormalizerConfig(_Section):
 
 
 TTA = Literal["none", "paper7", "d4", "crops5"]
+MULTI_CROP: frozenset[str] = frozenset({"crops5"})  # TTA modes that cut their views from one larger square
 
 
 class EvaluationConfig(_Section):

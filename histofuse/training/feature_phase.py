@@ -13,8 +13,11 @@ from histofuse.training.feature_cache import FeatureStore, bank_sampler
 from histofuse.training.predict import Predictions
 
 
-def trains_on_cached_features(phase: PhaseConfig, model, num_processes: int) -> bool:
-    """As the recipe says, else for a probe of a foundation model: frozen backbones, every image seen the same way."""
+def trains_on_cached_features(phase: PhaseConfig, model, num_processes: int, tiled: bool) -> bool:
+    """As the recipe says, else for a probe of a foundation model: frozen backbones, every image seen the same way
+    (never with tiles: each epoch draws other ones; the recipe check refuses asking for it)."""
+    if tiled:
+        return False
     if phase.cache_features is not None:
         return phase.cache_features
     frozen_and_fixed = (

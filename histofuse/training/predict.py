@@ -8,9 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from histofuse.data.tiles import pool_tile_logits
 from histofuse.errors import DataError
 from histofuse.training.accel import unwrap
 from histofuse.tta import predict_logits
+
+
+TILE_CHUNK = 64
 
 
 @dataclass
@@ -49,7 +53,7 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none", cro
         failed += batch["failed"]
         if batch["image"] is None:
             continue
-        logits = predict_logits(model, batch["image"], tta, batch.get("magnification"), crop_size)
+        logits = _image_logits(model, batch, tta, crop_size)
         collected["losses"].append(nn.functional.cross_entropy(logits, batch["label"], reduction="none").cpu())
         collected["indices"].append(batch["index"].cpu())
         collected["logits"].append(logits.cpu())
@@ -76,6 +80,28 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none", cro
         failed=sorted({f for p in parts for f in p["failed"]}),
         color=merged["color"][first] if len(merged["color"]) else None,
     )
+
+
+def _image_logits(model, batch: dict, tta: str, crop_size: int | None) -> torch.Tensor:
+    """One row per image: the model's logits, or for a grid of tiles the log of their mean probability."""
+    magnification, counts = batch.get("magnification"), batch.get("tile_counts")
+    if counts is None:
+        return predict_logits(model, batch["image"], tta, magnification, crop_size)
+    if magnification is not None:  # every tile of an image has the image's magnification
+        magnification = magnification.repeat_interleave(counts.to(magnification.device))
+    return pooled_tile_logits(model, batch["image"], counts, tta, magnification, crop_size)
+
+
+def pooled_tile_logits(model, tiles: torch.Tensor, counts: torch.Tensor, tta: str = "none",
+                       magnification: torch.Tensor | None = None, crop_size: int | None = None) -> torch.Tensor:
+    """Each image's pooled prediction from its ``counts`` tiles, ``TILE_CHUNK`` tiles (times the TTA views) per
+    forward: a batch of large photos holds thousands of tiles."""
+    parts = [
+        predict_logits(model, tiles[i : i + TILE_CHUNK], tta,
+                       None if magnification is None else magnification[i : i + TILE_CHUNK], crop_size)
+        for i in range(0, len(tiles), TILE_CHUNK)
+    ]
+    return pool_tile_logits(torch.cat(parts), counts)
 
 
 def _without_distributed_wrapper(accelerator, model: nn.Module) -> nn.Module:

@@ -135,7 +135,7 @@ class Trainer:
         )
         self.model_in_phase, self.divergence = model, DivergenceWatch(index, phase)
         features = None
-        if trains_on_cached_features(phase, self.model, self.accelerator.num_processes):
+        if trains_on_cached_features(phase, self.model, self.accelerator.num_processes, self.recipe.data.tiles is not None):
             features = CachedFeaturePhase(
                 accelerator=self.accelerator, recipe=self.recipe, index=index, model=model, train_loader=train_loader,
                 val_loader=val_loader, store=self.feature_store,

@@ -27,6 +27,15 @@ SUBTYPES: dict[str, tuple[str, str]] = {
 }
 MAGNIFICATIONS = (40, 100, 200, 400)
 
+# µm per pixel at each magnification. Spanhol et al. (IEEE TBME 2016) acquired the images with an
+# Olympus BX-50 microscope, a 3.3x relay lens and a Samsung SCC-131AN camera whose pixels are 6.5 µm wide, with
+# 4x, 10x, 20x and 40x objectives for the 40X, 100X, 200X and 400X sets: a camera pixel covers
+# 6.5 / (objective x 3.3) µm of tissue. The paper gives the optics, not these quotients, nor how the 700 x 460
+# files were made from the camera's frames: estimates within about 10 % (docs/datasets/breakhis.md).
+CAMERA_PIXEL_UM = 6.5
+RELAY_LENS = 3.3
+MPP = {m: round(CAMERA_PIXEL_UM / (m / 10 * RELAY_LENS), 4) for m in MAGNIFICATIONS}
+
 
 def _check_magnifications(value: list[int]) -> list[int]:
     bad = [m for m in value if m not in MAGNIFICATIONS]

@@ -26,6 +26,9 @@ CLASSES = {"benign": "Benign", "insitu": "InSitu", "invasive": "Invasive", "norm
 BINARY = {"Normal": "benign", "Benign": "benign", "InSitu": "malignant", "Invasive": "malignant"}
 SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 GROUND_TRUTH = "microscopy_ground_truth.csv"
+# Aresta et al. (Medical Image Analysis 2019): every microscopy image has a pixel scale of
+# 0.42 µm x 0.42 µm (Leica DM 2000 LED microscope, Leica ICC50 HD camera).
+MPP = 0.42
 
 
 class BachOptions(BaseModel):
@@ -88,6 +91,7 @@ def scan_bach(root, label: str = "binary"):
         raise histofuse.DataError(f"BACH class folders under {root} hold no TIFF/PNG/JPG images")
     table = pd.DataFrame(rows)
     table["label"] = table["bach_class"].map(BINARY) if label == "binary" else table["bach_class"]
+    table["mpp"] = MPP
     return table
 
 

@@ -35,7 +35,7 @@ class BreakhisOptions(BaseModel):
 
 
 def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", group_by="patient"):
-    from histofuse_builtins.breakhis_layout import scan_tree
+    from histofuse_builtins.breakhis_layout import MPP, scan_tree
 
     root = Path(root)
     if not root.is_dir():
@@ -55,6 +55,7 @@ def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", grou
     if table.empty:
         raise histofuse.DataError(f"BreaKHis under {root}: no images at magnifications {list(magnifications)}")
     table["group"] = table["patient_id"] if group_by == "patient" else table["slide"]
+    table["mpp"] = table["magnification"].map(MPP)
     if label == "subtype":
         table["label"] = table["subtype"]
     return table

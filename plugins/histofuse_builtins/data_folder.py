@@ -27,6 +27,7 @@ class FolderOptions(BaseModel):
     group_level: int = Field(1, ge=1, description="with group_by = parent: 1 = the folder holding the image")
     group_regex: str | None = Field(None, description="with group_by = regex: applied to the path below the class folder")
     label_map: dict[str, str] = Field(default_factory=dict, description="rename or merge class folders")
+    mpp: float | None = Field(None, gt=0, le=20, description="µm per pixel of every image, when known (for data.mpp)")
 
     @field_validator("group_regex")
     @classmethod
@@ -75,7 +76,10 @@ def scan_folder(root, **options):
             f"(e.g. {unmatched[:3]}); every image needs a patient"
         )
     histofuse.log.info("folder dataset: %d images, %d classes, group = %s", len(rows), len(classes), _describe(opts))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if opts.mpp is not None:
+        table["mpp"] = opts.mpp
+    return table
 
 
 def _group_of(path: Path, folder: Path, relative: str, opts: FolderOptions, pattern) -> str | None:

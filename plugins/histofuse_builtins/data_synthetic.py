@@ -37,6 +37,9 @@ class SyntheticOptions(BaseModel):
     site: Literal["a", "b"] = Field("a", description="staining protocol; 'b' is a second lab's colours")
     subtype_patterns: bool = Field(False, description="draw each subtype's architecture (glands, files, mucin, ...)")
     label: Literal["binary", "subtype"] = "binary"
+    mpp: float | None = Field(
+        None, gt=0.05, le=5, description="draw every image at this µm per pixel (tissue of one physical size) and say so"
+    )
 
 
 def write_synthetic(root: Path, options: SyntheticOptions) -> int:
@@ -64,7 +67,7 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
             for seq in range(1, options.images_per_magnification + 1):
                 slide = slides[(seq - 1) % len(slides)]
                 pattern = code if options.subtype_patterns else None
-                tile = render_tile(patient_rng, malignant, stain, options.width, options.height, mag, pattern)
+                tile = render_tile(patient_rng, malignant, stain, options.width, options.height, mag, pattern, options.mpp)
                 path = image_path(root, code, 14, slide, mag, seq)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
@@ -75,8 +78,9 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
 def ensure_synthetic(root: Path, options: SyntheticOptions) -> None:
     """Generate the tree unless ``root`` already holds one made with the same options."""
     marker = root / _MARKER
-    # The label option only changes the table, not the images.
-    wanted = {**options.model_dump(exclude={"label"}), "generator": _GENERATOR_VERSION}
+    # The label option only changes the table, not the images; trees drawn before mpp existed keep their marker.
+    unmarked = {"label"} | ({"mpp"} if options.mpp is None else set())
+    wanted = {**options.model_dump(exclude=unmarked), "generator": _GENERATOR_VERSION}
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return
     if root.exists() and any(root.iterdir()) and not marker.is_file():
@@ -110,6 +114,8 @@ def scan_synthetic(root, **options):
     table["group"] = table["patient_id"]
     if opts.label == "subtype":
         table["label"] = table["subtype"]
+    if opts.mpp is not None:
+        table["mpp"] = opts.mpp
     return table
 
 

@@ -22,6 +22,8 @@ class TableOptions(BaseModel):
         default_factory=dict, description="rename labels; when given, labels not in it are errors"
     )
     one_label_per_group: bool = Field(True, description="a patient has one diagnosis: a group with two labels is an error")
+    mpp_column: str = Field("mpp", description="µm per pixel of each image, when the table has this column (empty: unknown)")
+    mpp: float | None = Field(None, gt=0, le=20, description="µm per pixel of every image, for a table without mpp_column")
 
 
 def scan_table(root, **options):
@@ -69,6 +71,18 @@ def scan_table(root, **options):
         labels_per_group = table.groupby("group")["label"].nunique()
         mixed = labels_per_group[labels_per_group > 1].index
         report("in a group with two labels", table["group"].isin(mixed), f" (groups {list(mixed[:5])}; or set one_label_per_group = false)")
+    if opts.mpp_column in table:
+        column = table[opts.mpp_column]
+        given = column.where(column.notna(), "").astype(str).str.strip()
+        mpp = pd.to_numeric(given.where(given != ""), errors="coerce")
+        unusable = (given != "") & ~(mpp > 0)
+        if unusable.any():  # an error only where the scale is used (data.mpp): the run checks that
+            shown = ", ".join(str(r) for r in rows[unusable][:8])
+            histofuse.log.warning("%s: %d row(s) whose %s is not a positive number of µm per pixel (rows %s) count as "
+                                  "of unknown scale", where, int(unusable.sum()), opts.mpp_column, shown)
+        table["mpp"] = mpp.where(mpp > 0)
+    elif opts.mpp is not None:
+        table["mpp"] = opts.mpp
     if problems:
         raise histofuse.DataError(f"{where}: " + "; ".join(problems))
     return table

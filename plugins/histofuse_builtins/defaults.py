@@ -21,7 +21,10 @@ def build_transforms(
     import albumentations as A
     import cv2
 
-    steps = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA)]
+    if resize:
+        steps = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA)]
+    else:  # the image keeps its scale (data.mpp, data.tiles): only what is smaller than the crop is padded
+        steps = [A.PadIfNeeded(min_height=image_size, min_width=image_size, border_mode=cv2.BORDER_REFLECT_101)]
     stain = None
     if stage == "train" and strength != "none":
         preset = PRESETS[strength]

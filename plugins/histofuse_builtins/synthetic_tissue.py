@@ -28,6 +28,15 @@ NUCLEAR_DARKNESS = (0.9, 1.3)
 # must be able to see the morphology that carries the class.
 _MAG_SCALE = {40: 1.4, 100: 1.7, 200: 2.0, 400: 2.5}
 
+# Drawn at a declared µm per pixel instead, structures keep their physical size: the size drawn at 200X,
+# 210 pixels wide, stands for 0.5 µm per pixel, and scales with 0.5 / mpp.
+_SCALE_AT_HALF_MICRON = 2.0
+
+
+def scale_at(mpp: float) -> float:
+    """The renderer's structure scale for tissue drawn at ``mpp`` µm per pixel."""
+    return _SCALE_AT_HALF_MICRON * 0.5 / mpp
+
 # How a site's look spread divides between patients, one patient's magnifications (illumination and
 # camera settings change with the objective) and single fields: standard deviations whose squares sum
 # to 1. Much variation within a patient keeps a test split of a few patients from agreeing by chance
@@ -86,13 +95,15 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.
 
 def render_tile(
     rng: np.random.Generator, malignant: bool, stain: dict, width: int, height: int, magnification: int,
-    pattern: str | None = None,
+    pattern: str | None = None, mpp: float | None = None,
 ) -> np.ndarray:
     """One RGB uint8 tile of shape (height, width, 3); ``pattern`` (a subtype code) adds its architecture.
 
-    A ``stain`` without a "look" gives the pure Beer-Lambert rendering of its stain vectors.
+    A ``stain`` without a "look" gives the pure Beer-Lambert rendering of its stain vectors. With ``mpp``,
+    structures are drawn at that physical scale, whatever the magnification and size; without, they grow
+    with both (a wider image is the same field drawn finer).
     """
-    scale = _MAG_SCALE[magnification] * width / 210.0
+    scale = scale_at(mpp) if mpp is not None else _MAG_SCALE[magnification] * width / 210.0
     # Tissue vs background: a few pale holes (fat, lumens) in eosin-stained stroma.
     tissue = (_smooth_noise(rng, height, width, 18 * scale + 4) > rng.uniform(0.15, 0.3)).astype(np.float32)
     tissue = cv2.GaussianBlur(tissue, (0, 0), 1.5)
