@@ -358,3 +358,11 @@ def test_multi_crop_tta_is_refused_on_a_tiled_run_from_the_command_line_too():
         check_tta(data, "crops5", "--tta")
     check_tta(data, "d4", "--tta")
     check_tta(DataConfig(dataset="synthetic"), "crops5", "--tta")
+
+
+def test_a_run_says_the_scale_its_dataset_gives():
+    from histofuse.data.scanning import describe_scale
+
+    assert describe_scale(pd.DataFrame({"path": ["a", "b", "c"]})) == "scale unknown (3)"
+    mixed = pd.DataFrame({"path": ["a", "b", "c", "d"], "mpp": [0.4924, 0.197, 0.4924, None]})
+    assert describe_scale(mixed) == "scale 0.197 µm/px (1), 0.4924 µm/px (2), unknown (1)"

@@ -47,7 +47,7 @@ def describe_scale(table: pd.DataFrame) -> str:
     parts = [f"{value:g} µm/px ({count})" for value, count in known.items()]
     unknown = int(mpp.isna().sum())
     if unknown:
-        parts.append(f"scale unknown ({unknown})")
+        parts.append(f"unknown ({unknown})")
     return "scale " + ", ".join(parts)
 
 
