@@ -366,3 +366,14 @@ def test_a_run_says_the_scale_its_dataset_gives():
     assert describe_scale(pd.DataFrame({"path": ["a", "b", "c"]})) == "scale unknown (3)"
     mixed = pd.DataFrame({"path": ["a", "b", "c", "d"], "mpp": [0.4924, 0.197, 0.4924, None]})
     assert describe_scale(mixed) == "scale 0.197 µm/px (1), 0.4924 µm/px (2), unknown (1)"
+
+
+def test_breakhis_gives_each_image_the_scale_of_its_magnification_and_of_its_copy(synthetic_root):
+    """A tree in the BreaKHis layout read as BreaKHis: the release's scales, and a resized copy's."""
+    from histofuse_builtins.breakhis_layout import MPP
+    from histofuse_builtins.data_breakhis import scan_breakhis
+
+    release = scan_breakhis(synthetic_root)
+    assert (release["mpp"] == release["magnification"].map(MPP)).all()
+    copy = scan_breakhis(synthetic_root, width=350)  # resized whole to half the width: twice the tissue per pixel
+    assert np.allclose(copy["mpp"], 2 * release["mpp"])

@@ -32,9 +32,13 @@ class BreakhisOptions(BaseModel):
     magnifications: Magnifications = Field(default_factory=lambda: list(MAGNIFICATIONS))
     label: Literal["binary", "subtype"] = "binary"
     group_by: Literal["patient", "slide"] = "patient"
+    width: int = Field(
+        700, ge=32, le=7000, description="pixel width of the files: a copy resized from the release's 700 (whole, not "
+        "cropped) shows more tissue per pixel, and its scale follows"
+    )
 
 
-def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", group_by="patient"):
+def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", group_by="patient", width=700):
     from histofuse_builtins.breakhis_layout import MPP, scan_tree
 
     root = Path(root)
@@ -55,7 +59,7 @@ def scan_breakhis(root, magnifications=(40, 100, 200, 400), label="binary", grou
     if table.empty:
         raise histofuse.DataError(f"BreaKHis under {root}: no images at magnifications {list(magnifications)}")
     table["group"] = table["patient_id"] if group_by == "patient" else table["slide"]
-    table["mpp"] = table["magnification"].map(MPP)
+    table["mpp"] = table["magnification"].map(MPP) * (700 / width)
     if label == "subtype":
         table["label"] = table["subtype"]
     return table
