@@ -8,7 +8,6 @@ and plugin discovery stay quick.
 from __future__ import annotations
 
 import importlib
-import logging
 
 from histofuse.components import BackboneSpec, DatasetSpec, FusionSpec, NormalizerSpec
 from histofuse.errors import (
@@ -20,10 +19,9 @@ from histofuse.errors import (
     WeightsError,
 )
 from histofuse.hookspecs import hookimpl
+from histofuse.reporting import log  # the logger plugins report through, as the core does
 
 __version__ = "0.1.0"
-
-log = logging.getLogger("histofuse")
 
 
 class NotFittedError(HistofuseError):

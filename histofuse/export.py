@@ -92,11 +92,13 @@ def _how_to_feed(data) -> str:
              if data.mpp is not None else "Keep the image at its own scale. ")
     if data.tiles is None:
         return scale + f"Mirror-pad it to at least {data.image_size} pixels a side and cut the centre {data.image_size}-pixel square."
+    from histofuse.data.tiles import BACKGROUND
+
     tiles = data.tiles.resolved(data.image_size)
     return scale + (
         f"Mirror-pad it to at least {tiles.size} pixels a side; place {tiles.size}-pixel tiles every {tiles.stride} "
-        "pixels, the last row and column flush with the edges. Tissue is a pixel whose grey level is below 220. Keep "
-        f"every tile with at least {tiles.min_tissue:g} tissue, then, richest first, each tile that holds tissue no kept "
+        f"pixels, the last row and column flush with the edges. Tissue is a pixel whose grey level is below {BACKGROUND}. "
+        f"Keep every tile with at least {tiles.min_tissue:g} tissue, then, richest first, each tile that holds tissue no kept "
         f"tile covers; at most {tiles.max_tiles}, the richest first; the richest tile alone when none holds tissue. "
         f"Resize each tile to {data.image_size} pixels, run the model on each, average the tiles' softmax "
         "probabilities, and apply the calibration's temperature to the log of that mean."

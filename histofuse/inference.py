@@ -201,7 +201,6 @@ def _batches(run, frame: pd.DataFrame, tta: str, normalize: bool, batch_size: in
     """The loader's batches; normalizing, each tile the normalizer left unchanged lands in ``unchanged`` by index
     (the normalizer runs in the workers, whose own counts never reach this process)."""
     from histofuse.data.eval_loader import collect_unchanged, make_eval_loader
-
     from histofuse.data.tiles import table_options
 
     loader = make_eval_loader(frame, run.classes, run.transform_for(tta), run.normalizer if normalize else None,

@@ -15,7 +15,6 @@ from histofuse import report_plots as plots
 from histofuse.rundir import RunDir
 
 
-
 def write_report(run_dir: Path) -> Path:
     """Render ``RUN_DIR/report.html`` and its figures under ``RUN_DIR/report/``; return the page's path."""
     import matplotlib

@@ -10,7 +10,6 @@ from histofuse.cli.app import console, weights_app
 from histofuse.errors import HistofuseError, WeightsError
 
 
-
 def _split_backbone(text: str, families: list[str]) -> tuple[str, str]:
     # "hf-hub:ORG/NAME" and "local-dir:PATH" are model names of the timm family, not families.
     source, sep, model = text.partition(":")

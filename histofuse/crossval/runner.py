@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.reporting import HEADING, log, speak_on_main_process_only
 from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, load_recipe, recipe_to_toml
+from histofuse.reporting import HEADING, log, speak_on_main_process_only
 from histofuse.rundir import RunDir
-
 
 
 def fold_dir(parent: Path, fold: int) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Callable
 
@@ -15,8 +14,6 @@ from histofuse.data.decode import MAX_PIXELS, decode_image
 from histofuse.data.sampling import EpochSampler
 from histofuse.data.tiles import TileCutter, rescale
 from histofuse.errors import ImageDecodeError
-
-log = logging.getLogger("histofuse")
 
 
 class ImageTable(Dataset):

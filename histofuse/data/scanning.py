@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.errors import DataError, HistofuseError
 from histofuse.data.tiles import scale_factors
+from histofuse.errors import DataError, HistofuseError
 from histofuse.recipe import Recipe, validate_options
 from histofuse.reporting import log
 

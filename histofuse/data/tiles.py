@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from histofuse.errors import DataError, HistofuseError
+from histofuse.qc import QCThresholds
 from histofuse.recipe.schema import MULTI_CROP
 
-BACKGROUND = 220  # grey level at or above which a pixel is background (as quality control counts it)
+BACKGROUND = QCThresholds.background  # grey level at or above which a pixel is background, as quality control counts it
 
 
 def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:

@@ -42,8 +42,6 @@ def check_recipe(recipe: Recipe, registry: Any) -> list[str]:
     return problems
 
 
-
-
 def _check_backbones(recipe: Recipe, names: list[str], known, problems: list[str]) -> None:
     for i, backbone in enumerate(recipe.model.backbones):
         if names.count(backbone.name) > 1 and names.index(backbone.name) < i:

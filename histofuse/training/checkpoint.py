@@ -11,7 +11,6 @@ from torch import nn
 from histofuse.rundir import RunDir
 
 
-
 def save_weights(model: nn.Module, run_dir: Path, meta: dict) -> None:
     """Write weights then metadata, each through a temporary file, so a crash never leaves half a file."""
     from safetensors.torch import save_model
