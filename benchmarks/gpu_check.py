@@ -52,7 +52,7 @@ def build_model(smoke: bool):
 
 def images_per_second(model, phase, device, batch: int, size: int, precision: str, steps: int, compile_: bool = False) -> float:
     """Training steps of one phase (its unfrozen groups, AdamW) on random batches already on the device."""
-    from histofuse.model import apply_phase
+    from histofuse.phase_plan import apply_phase
 
     plan = apply_phase(model, phase, "phase")
     model.to(device).train()

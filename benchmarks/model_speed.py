@@ -60,7 +60,7 @@ def training_step(model, optimizer, x, y, autocast: bool):
 
 
 def phase1_vs_inference(figures: Figures, batch: int, repeats: int) -> list[str]:
-    from histofuse.model import apply_phase
+    from histofuse.phase_plan import apply_phase
 
     recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
     x, y = torch.rand(batch, 3, 224, 224), torch.randint(0, 2, (batch,))
@@ -80,7 +80,7 @@ def phase1_vs_inference(figures: Figures, batch: int, repeats: int) -> list[str]
 
 def cached_features_epoch(figures: Figures, images: int, batch: int) -> list[str]:
     """A phase-1 epoch over ``images`` in-memory images (decoding excluded, which favours the uncached side)."""
-    from histofuse.model import apply_phase
+    from histofuse.phase_plan import apply_phase
 
     recipe, model = build(REPO / "recipes" / "breakhis_phased.toml")
     plan = apply_phase(model, recipe.phases[0])
@@ -114,7 +114,7 @@ def cached_features_epoch(figures: Figures, images: int, batch: int) -> list[str
 
 
 def bf16_channels_last_vs_fp32(figures: Figures, batch: int, repeats: int) -> list[str]:
-    from histofuse.model import apply_phase
+    from histofuse.phase_plan import apply_phase
 
     lines, results = [], {}
     for name, key, autocast, channels_last in (("fp32", "fp32", False, False),

@@ -48,7 +48,8 @@ def bare_epochs(folder: Path, epochs: int) -> np.ndarray:
     from histofuse.data.loading import ImageTable, make_loader
     from histofuse.data.split import split_table
     from histofuse.data.eval_loader import make_eval_transform
-    from histofuse.model import apply_phase, build_model
+    from histofuse.model import build_model
+    from histofuse.phase_plan import apply_phase
     from histofuse.recipe import load_recipe
     from histofuse.registry import default_registry
     from histofuse.data.scanning import load_table

@@ -61,6 +61,8 @@ step synthetic_colour "What colour alone achieves on the synthetic data" \
 step realdata_folds "One split against 5 folds on the small real BreaKHis set" python benchmarks/realdata_folds.py
 step scale_transfer "Transfer across scales: whole images, tiles, tiles at one µm per pixel" \
     python benchmarks/scale_transfer.py --seeds 1 2
+step tile_pooling "Pooling tiles where the lesion is focal: the mean against attention" \
+    python benchmarks/tile_pooling.py --seeds 0 1 2
 step tiles "Tiles: loader throughput and evaluation cost per image" python benchmarks/tiles.py
 # The paper's recipe at real sizes on one GPU, within 8 minutes; on a lent device:
 #   bash benchmarks/run_all.sh gpu_check && cp benchmarks/results.json benchmarks/RESULTS.md "$OUT"

@@ -18,7 +18,7 @@ from torch import nn
 class Explanation:
     backbone: str
     method: str  # "grad-cam" or "attention rollout"
-    heatmap: np.ndarray  # (S, S) float in [0, 1]; for the "tiles" map, each tile's probability
+    heatmap: np.ndarray  # (S, S) float in [0, 1]; for the "tiles" and "attention" maps, one value per tile
     overlay: np.ndarray  # (S, S, 3) uint8 RGB
 
 
@@ -30,9 +30,10 @@ def explain(
     With ``normalize`` and a ``source = "dataset"`` normalizer, ``run.adapt`` must first have measured the set
     ``rgb`` belongs to: which set that is (one upload, the files given) is the caller's to say. ``rgb`` is at
     ``mpp`` µm per pixel (for a run trained at one scale; unset: at the run's). A run trained on tiles is
-    explained on its image's grid: the first explanation maps each tile's probability of ``target``, and the
-    backbones' heatmaps show the tile that gives ``target`` the highest probability. ``grid``: that run's tile map
-    of ``rgb``, when the caller has it already.
+    explained on its image's grid: the first explanation maps each tile's probability of ``target`` (with attention
+    pooling, the next each tile's attention weight), and the backbones' heatmaps show the tile that decided most
+    (the heaviest in attention, else the one giving ``target`` the highest probability). ``grid``: that run's tile
+    map of ``rgb``, when the caller has it already.
     """
     from histofuse.tile_map import at_run_scale, tile_map
 
@@ -44,16 +45,19 @@ def explain(
     else:
         probs = grid.pooled[None]
     target = int(run.decide(probs, "none")[0]) if target is None else target
-    if grid is not None:
-        x = grid.inputs[[int(grid.probs[:, target].argmax())]]
+    if grid is not None:  # the tile that decided most: the heaviest in attention, else the most probable
+        decisive = grid.weights if grid.weights is not None else grid.probs[:, target]
+        x = grid.inputs[[int(decisive.argmax())]]
     seen = (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     # A fold ensemble shows each branch's heatmap averaged over its fold models.
     per_model = [branch_heatmaps(m.model, x, target) for m in getattr(run, "members", [run])]
     explanations = []
     if grid is not None:
-        drawn = grid.drawn(target)
         method = f"p({run.classes[target]}) per tile"
-        explanations.append(Explanation("tiles", method, grid.probs[:, target], drawn))
+        explanations.append(Explanation("tiles", method, grid.probs[:, target], grid.drawn(grid.probs[:, target])))
+    if grid is not None and grid.weights is not None:
+        share = grid.weights / grid.weights.max()
+        explanations.append(Explanation("attention", "attention weight per tile (the largest = 1)", share, grid.drawn(share)))
     for name, (method, _) in per_model[0].items():
         heat = _unit(np.mean([cv2.resize(heats[name][1], seen.shape[1::-1], interpolation=cv2.INTER_LINEAR) for heats in per_model], axis=0))
         explanations.append(Explanation(name, method, heat, overlay(seen, heat)))

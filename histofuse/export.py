@@ -18,14 +18,16 @@ TOLERANCE = 1e-4
 
 
 class ImageOnly(nn.Module):
-    """The model with one input, RGB in [0, 1] (N, 3, S, S): magnification, if the model uses it, is 'unknown'."""
+    """The model with one input, RGB in [0, 1] (N, 3, S, S): magnification, if the model uses it, is 'unknown'.
+    A model with attention pooling takes the N tiles of one image and gives that image's logits (1, C)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.pools_tiles = getattr(model, "pools_tiles", False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
+        return self.model.one_image(image) if self.pools_tiles else self.model(image)
 
 
 def sample_batch(run, count: int = 8) -> tuple[torch.Tensor, str]:
@@ -100,8 +102,12 @@ def _how_to_feed(data) -> str:
         f"pixels, the last row and column flush with the edges. Tissue is a pixel whose grey level is below {BACKGROUND}. "
         f"Keep every tile with at least {tiles.min_tissue:g} tissue, then, richest first, each tile that holds tissue no kept "
         f"tile covers; at most {tiles.max_tiles}, the richest first; the richest tile alone when none holds tissue. "
-        f"Resize each tile to {data.image_size} pixels, run the model on each, average the tiles' softmax "
-        "probabilities, and apply the calibration's temperature to the log of that mean."
+        f"Resize each tile to {data.image_size} pixels. "
+    ) + (
+        "Give the model all the tiles of one image as one batch: it pools them by attention and returns that image's "
+        "logits (one row); apply the calibration's temperature to them." if tiles.pooling == "attention" else
+        "Run the model on each tile, average the tiles' softmax probabilities, and apply the calibration's "
+        "temperature to the log of that mean."
     )
 
 

@@ -172,8 +172,11 @@ def _input(data: dict) -> str:
     if data.get("tiles") is None:
         return f"RGB, {scale} and centre-cropped to {size} px."
     tile = data["tiles"].get("size") or size
-    return (f"RGB, {scale}; {tile}-px tissue tiles (one per image in training; a grid whose tiles' probabilities are "
-            f"averaged in evaluation), each fed at {size} px.")
+    if data["tiles"].get("pooling") == "attention":
+        how = "bags of them per image in training; in evaluation a grid whose tiles' features are pooled by attention"
+    else:
+        how = "one per image in training; a grid whose tiles' probabilities are averaged in evaluation"
+    return f"RGB, {scale}; {tile}-px tissue tiles ({how}), each fed at {size} px."
 
 
 def _f(value) -> str:

@@ -1,15 +1,14 @@
-"""HybridModel = backbones + fusion + classifier head, and freezing by parameter groups."""
+"""HybridModel = backbones + fusion + classifier head (+ pooling of an image's tiles), built from a recipe."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from histofuse.errors import RecipeError
-from histofuse.recipe import PhaseConfig
+from histofuse.tile_pooling import TILE_CHUNK, AttentionPooling
 
 
 class ClassifierHead(nn.Module):
@@ -61,6 +60,7 @@ class HybridModel(nn.Module):
         inputs: str = "pooled",
         magnification: nn.Module | None = None,
         pretrained: set[str] | None = None,
+        tile_pooling: nn.Module | None = None,
     ):
         super().__init__()
         self.inputs = inputs  # what the fusion consumes: pooled vectors or token sequences
@@ -76,6 +76,8 @@ class HybridModel(nn.Module):
         }
         self.fusion = fusion
         self.head = head
+        # Pools the fused features of an image's tiles into one (attention); None: each row is an image.
+        self.tile_pooling = tile_pooling
         self.batchnorm: Literal["auto", "frozen", "train"] = "auto"
         # Backbones that start from learned weights: their batch-norm statistics are worth keeping.
         self.pretrained = set(backbones) if pretrained is None else set(pretrained)
@@ -94,12 +96,44 @@ class HybridModel(nn.Module):
                 out.append(_run(run, inputs.to(low), is_frozen(backbone)).float())
         return out
 
-    def forward(self, x: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classify(self.features(x), magnification)
+    @property
+    def pools_tiles(self) -> bool:
+        """Whether an image's tiles are pooled inside the model (attention) rather than by their mean probability."""
+        return self.tile_pooling is not None
 
-    def classify(self, features: list[torch.Tensor], magnification: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, magnification: torch.Tensor | None = None, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits per row of ``x``; with ``counts`` (a model that pools tiles) the rows are tiles, ``counts[i]`` of
+        them image i's, and the logits are per image."""
+        if counts is None:
+            return self.classify(self.features(x), magnification)
+        return self._head(self._pooled(self.fused(x), counts), magnification)
+
+    def fused(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Fused features per tile. Without gradients, ``TILE_CHUNK`` tiles per forward (an evaluation batch of
+        large photos holds thousands); in training in one, as batch norm expects."""
+        step = len(tiles) if torch.is_grad_enabled() else TILE_CHUNK
+        return torch.cat([self.fusion(self.features(tiles[i : i + step])) for i in range(0, len(tiles), max(step, 1))])
+
+    def classify(
+        self, features: list[torch.Tensor], magnification: torch.Tensor | None = None, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Fusion and head on the backbones' outputs: what a phase with cached features trains."""
         fused = self.fusion(features)
+        return self._head(fused if counts is None else self._pooled(fused, counts), magnification)
+
+    def one_image(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The logits (1, C) of one image from all its tiles, pooled without per-image bookkeeping: what an
+        exported model of a run with attention pooling computes. One forward, so a trace keeps every tile."""
+        return self._head(self.tile_pooling(self.fusion(self.features(tiles))), None)
+
+    def _pooled(self, fused: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if self.tile_pooling is None:
+            raise ValueError("this model has no tile pooling: give it one row per image, without counts")
+        return self.tile_pooling(fused, counts)
+
+    def _head(self, fused: torch.Tensor, magnification: torch.Tensor | None) -> torch.Tensor:
         if self.magnification is not None:
             fused = torch.cat([fused, self.magnification(magnification, len(fused), fused.device)], dim=1)
         return self.head(fused)
@@ -118,8 +152,8 @@ class HybridModel(nn.Module):
         return self
 
     def head_parameters(self) -> list[nn.Parameter]:
-        extra = list(self.magnification.parameters()) if self.magnification is not None else []
-        return [*self.fusion.parameters(), *self.head.parameters(), *extra]
+        extra = [m for m in (self.magnification, self.tile_pooling) if m is not None]
+        return [*self.fusion.parameters(), *self.head.parameters(), *(p for m in extra for p in m.parameters())]
 
 
 def _run(run, inputs: torch.Tensor, frozen: bool) -> torch.Tensor:
@@ -170,84 +204,6 @@ def _norm_is_frozen(module: nn.Module) -> bool:
     return bool(params) and not any(p.requires_grad for p in params)
 
 
-@dataclass(frozen=True)
-class PhasePlan:
-    """What one phase trains, and at which learning rate; parameter groups ready for an optimizer."""
-
-    param_groups: list[dict]
-    trainable: dict[str, int]  # part name -> trainable parameter count
-    unfrozen_groups: dict[str, int]  # backbone name -> number of trailing groups trained
-
-
-def apply_phase(
-    model: HybridModel, phase: PhaseConfig, phase_path: str = "phase", previous: PhaseConfig | None = None
-) -> PhasePlan:
-    """Set ``requires_grad`` and the batch-norm rule for a phase; return the optimizer's parameter groups.
-
-    Fusion and head always train at ``lr.head``. The last N parameter groups of
-    each backbone (as the backbone orders them, input side first) train, each as
-    one optimizer group named after its backbone: the top one at ``lr.<backbone
-    name>`` if given, else ``lr.backbone``, each one below at ``layer_decay``
-    times the one above. A group that ``previous`` (the phase before) kept frozen
-    is marked ``warmup``. Everything else is frozen.
-    """
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.batchnorm = phase.batchnorm
-    head_params = model.head_parameters()
-    for p in head_params:
-        p.requires_grad_(True)
-    param_groups = [{"name": "head", "params": head_params, "lr": phase.lr.head, "warmup": False}]
-    trainable = {"head": sum(p.numel() for p in head_params)}
-    unfrozen: dict[str, int] = {}
-    problems = []
-    for name, backbone in model.backbones.items():
-        groups = backbone.parameter_groups()
-        n = _groups_to_unfreeze(phase.unfreeze, name, len(groups))
-        if n > len(groups):
-            problems.append(
-                f"{phase_path}.unfreeze.{name}: asks for the last {n} parameter groups but "
-                f"backbone '{name}' has {len(groups)}; use at most {len(groups)} or \"all\""
-            )
-            continue
-        trained_before = _groups_to_unfreeze(previous.unfreeze, name, len(groups)) if previous else 0
-        chosen = groups[len(groups) - n :] if n else []
-        for depth, group in enumerate(reversed(chosen)):  # depth 0: the group nearest the output
-            for p in group:
-                p.requires_grad_(True)
-            if group:
-                rate = phase.lr.for_backbone(name) * phase.layer_decay**depth
-                param_groups.append({"name": name, "params": list(group), "lr": rate, "warmup": depth >= trained_before})
-        unfrozen[name] = n
-        trainable[name] = sum(p.numel() for group in chosen for p in group)
-    if problems:
-        raise RecipeError("recipe", problems)
-    return PhasePlan(param_groups, trainable, unfrozen)
-
-
-def describe_trainable(trainable: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in trainable.items())
-
-
-def describe_rates(param_groups: list[dict], skip_head: bool = False) -> str:
-    """One entry per part: its top learning rate, and the lowest one where layer-wise decay spreads them."""
-    rates: dict[str, list[float]] = {}
-    for group in param_groups:
-        rates.setdefault(group["name"], []).append(group["lr"])
-    return ", ".join(
-        f"{name} {max(r):g}" + (f"..{min(r):g}" if min(r) != max(r) else "")
-        for name, r in rates.items() if not (skip_head and name == "head")
-    )
-
-
-def _groups_to_unfreeze(unfreeze: Literal["none", "all"] | dict[str, int], name: str, available: int) -> int:
-    if unfreeze == "all":
-        return available
-    if unfreeze == "none":
-        return 0
-    return unfreeze.get(name, 0)
-
-
 def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) -> HybridModel:
     """Build the recipe's model from registered components.
 
@@ -283,7 +239,10 @@ def build_model(recipe, registry, num_classes: int, *, pretrained: bool = True) 
     width = fusion.out_features + (mag.dim if mag.enabled else 0)
     head = ClassifierHead(width, num_classes, recipe.model.head.hidden, recipe.model.head.dropout)
     pretrained_names = {cfg.name for cfg in recipe.model.backbones if cfg.pretrained is not False}
-    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding, pretrained=pretrained_names)
+    tiles = recipe.data.tiles
+    pooling = AttentionPooling(fusion.out_features) if tiles is not None and tiles.pooling == "attention" else None
+    return HybridModel(backbones, fusion, head, inputs=fusion_spec.inputs, magnification=embedding,
+                       pretrained=pretrained_names, tile_pooling=pooling)
 
 
 def _fused_width(backbone: nn.Module, inputs: str) -> int:

@@ -23,7 +23,7 @@ def check_model(recipe: Recipe, registry: Registry) -> tuple[list[str], object]:
     unfreezes, options its factory rejects) before a single epoch is spent.
     """
     from histofuse.errors import RecipeError
-    from histofuse.model import apply_phase
+    from histofuse.phase_plan import apply_phase
 
     num_classes = len(recipe.data.classes) if recipe.data.classes else 2
     try:

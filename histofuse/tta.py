@@ -40,16 +40,24 @@ def view(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def predict_logits(
-    model, x: torch.Tensor, mode: str = "none", magnification: torch.Tensor | None = None, crop_size: int | None = None
+    model, x: torch.Tensor, mode: str = "none", magnification: torch.Tensor | None = None, crop_size: int | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits averaged over the views' log-probabilities; one forward of ``len(views) * B`` images.
 
     Averaging probabilities is what the paper did; the log of that mean is
     returned so callers can treat the result as logits (softmax gives back the
     averaged probabilities exactly). Multi-crop modes take the larger square
-    ``x`` and cut ``crop_size`` views from it.
+    ``x`` and cut ``crop_size`` views from it. With ``counts`` the rows of ``x``
+    are tiles that the model pools per image: one forward per view, each tile
+    seen in that view.
     """
     names = MODES[mode]
+    if counts is not None:
+        if len(names) == 1:
+            return model(x, magnification, counts=counts).float()
+        probs = torch.stack([model(view(x, n), magnification, counts=counts).float().softmax(1) for n in names])
+        return probs.mean(0).clamp_min(1e-12).log()
     if len(names) == 1:
         return (model(x) if magnification is None else model(x, magnification)).float()
     if mode in MULTI_CROP:

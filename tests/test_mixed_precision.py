@@ -5,7 +5,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from histofuse.model import apply_phase, build_model
+from histofuse.model import build_model
+from histofuse.phase_plan import apply_phase
 from histofuse.training.accel import prepare_phase, release
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from histofuse.errors import RecipeError
-from histofuse.model import apply_phase, build_model, count_parameters
+from histofuse.model import build_model, count_parameters
+from histofuse.phase_plan import apply_phase
 
 
 @pytest.fixture

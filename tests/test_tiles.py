@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import cv2
@@ -12,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from histofuse.data.tiles import TileCutter, grid_positions, pool_tile_logits, rescale, scale_factors, table_options
-from histofuse.errors import DataError, HistofuseError
+from histofuse.data.tiles import TileCutter, grid_positions, rescale, scale_factors, table_options
+from histofuse.errors import DataError, HistofuseError, RecipeError
 from histofuse.recipe import DataConfig, TilesConfig
+from histofuse.tile_pooling import pool_tile_logits
 
 
 def nuclear_area(rgb: np.ndarray) -> float:
@@ -223,13 +225,17 @@ def test_tiles_refuse_what_cannot_work_with_them(tiny_recipe_dict):
     from histofuse.recipe import check_recipe, parse_recipe
     from histofuse.registry import default_registry
 
-    tiny_recipe_dict["data"]["tiles"] = {"min_tissue": 0.4}
+    tiny_recipe_dict["data"]["tiles"] = {"min_tissue": 0.4, "bag": 4}
     tiny_recipe_dict["evaluation"] = {"tta": "crops5"}
-    tiny_recipe_dict["phases"][0]["cache_features"] = True
-    tiny_recipe_dict["phases"][0]["augment"] = "none"
     problems = check_recipe(parse_recipe(tiny_recipe_dict), default_registry())
     assert any(p.startswith("evaluation.tta: crops5") for p in problems), problems
-    assert any(p.startswith("phases[0].cache_features: with data.tiles") for p in problems), problems
+    assert any(p.startswith("data.tiles.bag: a bag of tiles per training image is what attention") for p in problems)
+    tiny_recipe_dict["data"]["tiles"]["pooling"] = "attention"
+    tiny_recipe_dict["evaluation"] = {"tta": "d4"}
+    assert check_recipe(parse_recipe(tiny_recipe_dict), default_registry()) == []
+    tiny_recipe_dict["data"]["tiles"]["bag"] = 1  # one tile per image would never train the attention
+    with pytest.raises(RecipeError, match=r"data.tiles.bag"):
+        parse_recipe(tiny_recipe_dict)
 
 
 def scaled_recipe(tmp_path, tiny_recipe_dict) -> dict:
@@ -245,18 +251,26 @@ def scaled_recipe(tmp_path, tiny_recipe_dict) -> dict:
     return tiny_recipe_dict
 
 
-def test_a_tiled_run_at_one_scale_evaluates_predicts_explains_and_serves_alike(tmp_path, tiny_recipe_dict):
-    """predict --mpp and the web app pool tiles exactly as the run's evaluation did on the same images."""
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_a_tiled_run_at_one_scale_evaluates_predicts_explains_and_serves_alike(tmp_path, tiny_recipe_dict, pooling):
+    """predict --mpp and the web app pool tiles exactly as the run's evaluation did on the same images. With
+    attention pooling, the head phase trains on the cached features of the training grids."""
     from conftest import write_toml
     from test_run import only_run_dir, run_cli
 
     from histofuse.inference import open_run
     from histofuse.serve import classify
+    from histofuse.tile_map import tile_map
 
-    recipe = write_toml(tmp_path / "tiled.toml", scaled_recipe(tmp_path, tiny_recipe_dict))
+    raw = scaled_recipe(tmp_path, tiny_recipe_dict)
+    if pooling == "attention":
+        raw["data"]["tiles"].update(pooling="attention", bag=3)
+        raw["phases"][0].update(cache_features=True, augment="none")
+    recipe = write_toml(tmp_path / "tiled.toml", raw)
     result = run_cli(["run", str(recipe), "-o", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     assert "scale 0.5 µm/px (" in result.output
+    assert ("cached features of" in result.output) == (pooling == "attention")
     run_dir = only_run_dir(tmp_path / "runs")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "error" not in metrics["zoomed"] and metrics["zoomed"]["n"] == 6
@@ -276,6 +290,7 @@ def test_a_tiled_run_at_one_scale_evaluates_predicts_explains_and_serves_alike(t
     result = run_cli(["explain", str(run_dir), str(images[0]), "--mpp", "0.25", "--out", str(tmp_path / "why")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "why" / f"{images[0].stem}_tiles.png").is_file()
+    assert (tmp_path / "why" / f"{images[0].stem}_attention.png").is_file() == (pooling == "attention")
     assert (tmp_path / "why" / f"{images[0].stem}_cnn.png").is_file()
 
     run = open_run(run_dir)
@@ -284,11 +299,30 @@ def test_a_tiled_run_at_one_scale_evaluates_predicts_explains_and_serves_alike(t
     probabilities, _, gallery, _ = classify(run, upload.tobytes(), "none", "none", 10_000_000)
     assert abs(probabilities["malignant"] - predicted.loc[0, "prob_malignant"]) < 1e-5
     assert gallery[0][1].startswith("tiles: p(")
+    assert gallery[1][1].startswith("attention: ") == (pooling == "attention")
 
     result = run_cli(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "model.pt")])
     assert result.exit_code == 0, result.output
     sidecar = json.loads((tmp_path / "model.pt.json").read_text())
     assert sidecar["resize"] is None and sidecar["scale"]["mpp"] == 0.5 and sidecar["scale"]["tiles"]["stride"] == 24
+    if pooling == "attention":  # the exported model takes one image's tiles and pools them itself
+        assert "pools them by attention" in sidecar["scale"]["how"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: still what many deploy
+            traced = torch.jit.load(str(tmp_path / "model.pt"))
+        grid = tile_map(run, cv2.cvtColor(rescaled, cv2.COLOR_BGR2RGB))
+        with torch.no_grad():
+            logits, expected = traced(grid.inputs), run.model(grid.inputs, counts=torch.tensor([len(grid.inputs)]))
+        assert logits.shape == (1, 2) and torch.allclose(logits, expected, atol=1e-4)
+        assert grid.weights is not None and abs(grid.weights.sum() - 1) < 1e-5
+        pytest.importorskip("onnxruntime")
+        result = run_cli(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
+        assert result.exit_code == 0, result.output
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+        got = session.run(None, {session.get_inputs()[0].name: grid.inputs.numpy()})[0]
+        assert got.shape == (1, 2) and np.allclose(got, expected.numpy(), atol=1e-4)
     with pytest.raises(HistofuseError, match="trained at one scale or on tiles"):
         run_cli(["export", str(run_dir), "--format", "space", "--out", str(tmp_path / "space")])
 
@@ -377,3 +411,22 @@ def test_breakhis_gives_each_image_the_scale_of_its_magnification_and_of_its_cop
     assert (release["mpp"] == release["magnification"].map(MPP)).all()
     copy = scan_breakhis(synthetic_root, width=350)  # resized whole to half the width: twice the tissue per pixel
     assert np.allclose(copy["mpp"], 2 * release["mpp"])
+
+
+def test_quality_control_scores_images_at_the_run_s_scale(tmp_path, two_scales):
+    """Sharpness changes with the scale: with data.mpp an image is scored as the model will see it."""
+    from histofuse.data.decode import decode_image
+    from histofuse.evaluation.sets import _quality_controlled
+    from histofuse.qc import QCThresholds, assess
+
+    frame = pd.concat(two_scales, ignore_index=True)
+    for mpp, name in ((None, "as_decoded"), (0.5, "at_run_scale")):
+        _quality_controlled(name, frame, QCThresholds(blur=0, min_tissue=0), tmp_path, mpp)
+    as_decoded = pd.read_csv(tmp_path / "qc_as_decoded.csv")
+    at_run_scale = pd.read_csv(tmp_path / "qc_at_run_scale.csv")
+    for i, row in frame.iterrows():
+        rgb = decode_image(row["path"])
+        assert as_decoded.loc[i, "blur"] == pytest.approx(assess(rgb, QCThresholds())["blur"])
+        assert at_run_scale.loc[i, "blur"] == pytest.approx(assess(rescale(rgb, row["mpp"] / 0.5), QCThresholds())["blur"])
+    fine = frame["mpp"] == 0.25
+    assert (at_run_scale.loc[fine, "blur"] - as_decoded.loc[fine, "blur"]).abs().min() > 1  # scored on other pixels

@@ -109,7 +109,7 @@ def _model_parts(recipe: Recipe, model) -> Table:
 
 
 def _phases(recipe: Recipe, model) -> Table:
-    from histofuse.model import apply_phase, describe_rates
+    from histofuse.phase_plan import apply_phase, describe_rates
 
     phases = Table(title=f"phases: {recipe.total_epochs} epochs at most")
     for column in ("#", "name", "epochs", "unfreeze", "lr head", "lr backbone", "trainable", "augment"):
@@ -149,8 +149,10 @@ def _image_size(data) -> str:
     if data.tiles is None:
         return f"{scale}, crop {data.image_size}"
     tiles = data.tiles.resolved(data.image_size)
-    return (f"{scale}, tiles of {tiles.size} px (training: one with {tiles.min_tissue:g} tissue; evaluation: a grid "
-            f"every {tiles.stride} px, at most {tiles.max_tiles}, mean probability)")
+    drawn = "one" if tiles.pooling == "mean" else f"bags of {tiles.bag}"
+    pooled = "mean probability" if tiles.pooling == "mean" else "attention pooling"
+    return (f"{scale}, tiles of {tiles.size} px (training: {drawn} with {tiles.min_tissue:g} tissue; evaluation: a grid "
+            f"every {tiles.stride} px, at most {tiles.max_tiles}, {pooled})")
 
 
 def _evaluation(recipe: Recipe, registry: Registry) -> Table:

@@ -22,8 +22,22 @@ class EnsembleModule(nn.Module):
         self.members = nn.ModuleList(models)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32), persistent=False)
 
-    def forward(self, image: torch.Tensor, magnification: torch.Tensor | None = None) -> torch.Tensor:
-        probs = [torch.softmax(m(image, magnification) / t, dim=1) for m, t in zip(self.members, self.temperatures)]
+    @property
+    def pools_tiles(self) -> bool:
+        return all(getattr(m, "pools_tiles", False) for m in self.members)
+
+    def forward(
+        self, image: torch.Tensor, magnification: torch.Tensor | None = None, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pooled = {} if counts is None else {"counts": counts}
+        return self._mean([m(image, magnification, **pooled) for m in self.members])
+
+    def one_image(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Fold models that pool tiles by attention: the ensemble's logits (1, C) of one image from its tiles."""
+        return self._mean([m.one_image(tiles) for m in self.members])
+
+    def _mean(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        probs = [torch.softmax(x / t, dim=1) for x, t in zip(logits, self.temperatures)]
         return torch.log(torch.stack(probs).mean(0))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Callable
 
@@ -23,8 +24,9 @@ class ImageTable(Dataset):
     ``preprocess`` (e.g. stain normalization) runs on the decoded RGB image before
     ``transform``; with ``color_stats`` each sample also carries the six LAB
     statistics of the image the model sees, for the colour-only baseline. With
-    ``tiles`` a sample is one random tissue tile (``random_tile``, training) or
-    the image's grid of tiles, stacked, with their places (``"tiles"``).
+    ``tiles`` a sample is one random tissue tile (``random_tile``, training), a
+    bag of ``bag`` of them (attention pooling), or the image's grid of tiles; bags
+    and grids are stacked, with their places (``"tiles"``).
     """
 
     def __init__(
@@ -40,9 +42,10 @@ class ImageTable(Dataset):
         scales: list[float] | None = None,
         tiles: TileCutter | None = None,
         random_tile: bool = False,
+        bag: int = 1,
     ):
         self.paths = table["path"].tolist()
-        self.scales, self.tiles, self.random_tile = scales, tiles, random_tile
+        self.scales, self.tiles, self.random_tile, self.bag = scales, tiles, random_tile, bag
         self.max_pixels = max_pixels
         # Stain normalization needs the full-resolution image, so a normalizing table reads the source files.
         self.cache = cache if preprocess is None else None
@@ -83,7 +86,11 @@ class ImageTable(Dataset):
             # Its own stream of that seed: the augmentation's generator, seeded with the seed alone, must not
             # draw the same numbers.
             rng = np.random.default_rng([i] if seed is None else [seed, 1])
-            sample["image"] = self.transform(self.tiles.random_tile(image, rng))
+            if self.bag == 1:
+                sample["image"] = self.transform(self.tiles.random_tile(image, rng))
+            else:
+                tiles, sample["tiles"] = self.tiles.random_tiles(image, rng, self.bag)
+                sample["image"] = torch.stack([self.transform(tile) for tile in tiles])
         else:
             tiles, sample["tiles"] = self.tiles.grid(image)
             sample["image"] = torch.stack([self.transform(tile) for tile in tiles])
@@ -94,6 +101,12 @@ class ImageTable(Dataset):
 
             sample["color"] = torch.from_numpy(lab_stats(image))
         return sample
+
+    def as_grid(self) -> "ImageTable":
+        """This table, each sample its image's evaluation grid of tiles (what a feature cache computes once)."""
+        grid = copy.copy(self)
+        grid.random_tile, grid.bag = False, 1
+        return grid
 
     def _decode(self, i: int) -> np.ndarray:
         scale = None if self.scales is None else self.scales[i]

@@ -1,5 +1,5 @@
-"""One physical scale and tiles: images brought to a chosen µm per pixel, cut into tissue tiles, and the
-predictions of an image's tiles pooled into one."""
+"""One physical scale and tiles: images brought to a chosen µm per pixel and cut into tissue tiles (pooled into one
+prediction per image by :mod:`histofuse.tile_pooling`)."""
 
 from __future__ import annotations
 
@@ -88,10 +88,20 @@ class TileCutter:
     def random_tile(self, rgb: np.ndarray, rng: np.random.Generator, attempts: int = 16) -> np.ndarray:
         """A tile around a random tissue pixel with at least ``min_tissue`` tissue; of the places tried, the one
         with the most tissue when none has enough (anywhere, in an image without tissue)."""
+        return self.random_tiles(rgb, rng, 1, attempts)[0][0]
+
+    def random_tiles(
+        self, rgb: np.ndarray, rng: np.random.Generator, count: int, attempts: int = 16
+    ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """``count`` tiles drawn as :meth:`random_tile` draws one (a bag, for attention pooling), and their places."""
         rgb = pad_to(rgb, self.size)
         h, w = rgb.shape[:2]
         mask = _tissue_mask(rgb)
         tissue, (ys, xs) = _integral(mask), np.nonzero(mask)
+        places = [self._random_place(tissue, ys, xs, h, w, rng, attempts) for _ in range(count)]
+        return [self._fit(rgb[top : top + self.size, left : left + self.size]) for top, left in places], places
+
+    def _random_place(self, tissue, ys, xs, h: int, w: int, rng: np.random.Generator, attempts: int) -> tuple[int, int]:
         best, best_fraction = (0, 0), -1.0
         for _ in range(attempts):
             if len(ys):
@@ -106,8 +116,7 @@ class TileCutter:
                 break
             if fraction > best_fraction:
                 best, best_fraction = (top, left), fraction
-        top, left = best
-        return self._fit(rgb[top : top + self.size, left : left + self.size])
+        return best
 
     def grid(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
         """The evaluation tiles and their (top, left): every grid tile with at least ``min_tissue`` tissue, then,
@@ -157,18 +166,8 @@ def table_options(data, frame: pd.DataFrame, random_tile: bool, where: str) -> d
         tiles = data.tiles.resolved(data.image_size)
         options["tiles"] = TileCutter(tiles.size, tiles.stride, tiles.min_tissue, tiles.max_tiles, data.image_size)
         options["random_tile"] = random_tile
+        options["bag"] = tiles.bag if random_tile else 1
     return options
-
-
-def pool_tile_logits(logits, counts):
-    """One prediction per image: the mean of its tiles' probabilities, returned as log-probabilities so that a
-    softmax gives that mean back (as test-time augmentation does). ``counts`` are tiles per image, in order."""
-    import torch
-
-    probs = logits.float().softmax(1)
-    image = torch.repeat_interleave(torch.arange(len(counts), device=logits.device), counts.to(logits.device))
-    sums = torch.zeros(len(counts), probs.shape[1], device=logits.device).index_add_(0, image, probs)
-    return (sums / counts.to(logits.device)[:, None]).clamp_min(1e-12).log()
 
 
 def _tissue_mask(rgb: np.ndarray) -> np.ndarray:

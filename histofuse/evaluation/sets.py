@@ -13,7 +13,7 @@ from histofuse.calibration import expected_calibration_error, softmax
 from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decode_image, decoded_images
 from histofuse.data.eval_loader import collect_unchanged, make_eval_loader, make_eval_transform
-from histofuse.data.tiles import table_options
+from histofuse.data.tiles import rescale, scale_factors, table_options
 from histofuse.errors import DataError
 from histofuse.evaluation.fitting import EvaluationState, build_normalizer, calibrate
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
@@ -66,11 +66,13 @@ def evaluate_frame(
     run_dir: Path | None,
     by: list[str] = ("magnification",),
     write: bool,
+    mpp: float | None = None,
 ) -> dict:
-    """Metrics for one set; writes predictions (and QC scores) under ``run_dir`` when ``write``."""
+    """Metrics for one set; writes predictions (and QC scores) under ``run_dir`` when ``write``. ``mpp``: the
+    run's data.mpp, at which quality control scores each image."""
     qc_info = None
     if qc is not None:
-        frame, qc_info = _quality_controlled(name, frame, qc, run_dir if write else None)
+        frame, qc_info = _quality_controlled(name, frame, qc, run_dir if write else None, mpp)
     result, normalization = predict_frame(frame, tta, normalize)
     threshold, temperature = calibration["threshold"], calibration["temperature"]
     probs = softmax(result.logits, temperature)
@@ -105,9 +107,12 @@ def evaluate_frame(
     return metrics
 
 
-def _quality_controlled(name: str, frame: pd.DataFrame, qc: QCThresholds, run_dir: Path | None) -> tuple[pd.DataFrame, dict]:
-    """The images that pass QC and its summary; every image's scores are written under ``run_dir`` when given."""
-    scored = run_qc(frame, qc, decode_image)
+def _quality_controlled(
+    name: str, frame: pd.DataFrame, qc: QCThresholds, run_dir: Path | None, mpp: float | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """The images that pass QC and its summary; every image's scores are written under ``run_dir`` when given.
+    With ``mpp`` each image is scored at that scale, as the model sees it: sharpness changes with the scale."""
+    scored = run_qc(frame, qc, decode_image if mpp is None else _decoder_at(frame, mpp, f"evaluate '{name}'"))
     if run_dir is not None:
         scored.to_csv(RunDir(run_dir).qc_scores(name), index=False)
     summary = qc_summary(scored)
@@ -115,6 +120,12 @@ def _quality_controlled(name: str, frame: pd.DataFrame, qc: QCThresholds, run_di
     if kept.empty:
         raise DataError(f"evaluate '{name}': quality control removed every image ({summary['reasons']})")
     return kept, summary
+
+
+def _decoder_at(frame: pd.DataFrame, mpp: float, where: str):
+    """Decodes an image of ``frame`` and brings it to ``mpp`` µm per pixel."""
+    factors = dict(zip(frame["path"], scale_factors(frame, mpp, where)))
+    return lambda path: rescale(decode_image(path), factors[path])
 
 
 def _write_predictions(path: Path, rows: pd.DataFrame, by, classes: list[str], probs, threshold, color_probs) -> None:
@@ -222,8 +233,8 @@ class Evaluator:
             name=name, frame=frame, classes=self.classes, calibration=self.calibration(tta),
             color_baseline=self.state.color_baseline, predict_frame=self.predict_frame, tta=tta,
             normalize=normalize, qc=qc, bootstrap=self.recipe.evaluation.bootstrap, seed=self.recipe.seed,
-            by=self.recipe.evaluation.by,
-            run_dir=self.run_dir, write=self.accelerator.is_main_process,
+            by=self.recipe.evaluation.by, run_dir=self.run_dir, write=self.accelerator.is_main_process,
+            mpp=self.recipe.data.mpp,
         )
         log.info(summary_line(metrics))
         return metrics

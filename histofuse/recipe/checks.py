@@ -147,12 +147,9 @@ def _check_tiles(recipe: Recipe, problems: list[str]) -> None:
     """Tiles change what one sample is: a random tile in training, a grid pooled in evaluation."""
     if recipe.data.tiles is None:
         return
-    for i, phase in enumerate(recipe.phases):
-        if phase.cache_features:
-            problems.append(
-                f"phases[{i}].cache_features: with data.tiles each epoch draws other tiles, so features cannot be "
-                "computed once; remove cache_features (or data.tiles)"
-            )
+    if recipe.data.tiles.bag is not None and recipe.data.tiles.pooling == "mean":
+        problems.append("data.tiles.bag: a bag of tiles per training image is what attention pooling learns from; with "
+                        "pooling = \"mean\" each training image gives one tile: remove bag or set pooling = \"attention\"")
     sets = [("evaluation.tta", recipe.evaluation.tta)] + [(f"evaluate[{i}].tta", e.tta) for i, e in enumerate(recipe.evaluate)]
     for key, tta in sets:
         if tta in MULTI_CROP:

@@ -46,11 +46,14 @@ class TilesConfig(_Section):
     stride: int | None = Field(None, ge=8, le=4096, description="step of the evaluation grid; default the tile size (no overlap)")
     min_tissue: float = Field(0.5, ge=0, le=1, description="tissue fraction a training tile needs, and a grid tile to count alone")
     max_tiles: int = Field(64, ge=1, le=4096, description="at most this many grid tiles per image, the tissue-richest")
-    pooling: Literal["mean"] = Field("mean", description="how an image's tile predictions become one: their mean probability")
+    pooling: Literal["mean", "attention"] = Field("mean", description="an image's tiles become one prediction by the "
+                                                  "mean of their probabilities, or attention trained with the head")
+    bag: int | None = Field(None, ge=2, le=256, description="attention: random tissue tiles per training image (8)")
 
     def resolved(self, image_size: int) -> "TilesConfig":
         size = self.size or image_size
-        return self.model_copy(update={"size": size, "stride": self.stride or size})
+        bag = (self.bag or 8) if self.pooling == "attention" else 1
+        return self.model_copy(update={"size": size, "stride": self.stride or size, "bag": bag})
 
 
 class DataConfig(_Section):

@@ -14,12 +14,12 @@ from histofuse.training.predict import Predictions
 
 
 def trains_on_cached_features(phase: PhaseConfig, model, num_processes: int, tiled: bool) -> bool:
-    """As the recipe says, else for a probe of a foundation model: frozen backbones, every image seen the same way
-    (never with tiles: each epoch draws other ones; the recipe check refuses asking for it)."""
-    if tiled:
-        return False
+    """As the recipe says, else for a probe of a foundation model: frozen backbones, every image seen the same way.
+    Never unasked with tiles: the cache then holds every tile of every grid, and training draws from the grids."""
     if phase.cache_features is not None:
         return phase.cache_features
+    if tiled:
+        return False
     frozen_and_fixed = (
         not any(p.requires_grad for b in model.backbones.values() for p in b.parameters())
         and phase.augment == "none" and phase.stain_jitter == 0
@@ -43,8 +43,11 @@ class CachedFeaturePhase:
         size = recipe.data.eval_batch_size or recipe.data.batch_size
         store = store or FeatureStore()
         before = store.computed
+        # With tiles, each image's evaluation grid is computed once; each epoch draws its training tiles from it.
+        training = train_loader.dataset.as_grid() if recipe.data.tiles is not None else train_loader.dataset
+        self.draw = recipe.data.tiles.resolved(recipe.data.image_size).bag if recipe.data.tiles is not None else None
         with accelerator.autocast():
-            self.train = store.bank(self.head, train_loader.dataset, size, train_loader.num_workers, accelerator.device)
+            self.train = store.bank(self.head, training, size, train_loader.num_workers, accelerator.device)
             self.val = store.bank(self.head, val_loader.dataset, size, val_loader.num_workers, accelerator.device)
         self.failed = self.train.failed + self.val.failed
         seen = len(self.train) + len(self.val) + len(self.failed)
@@ -60,8 +63,9 @@ class CachedFeaturePhase:
         self.sampler.set_epoch(epoch)
         self.head.train()
         total, seen = 0.0, 0
-        for number, (features, labels, magnification) in enumerate(self.train.batches(self.sampler, self.batch_size), 1):
-            loss = step(self.head, number, partial(self._loss, criterion, features, labels, magnification))
+        batches = self.train.batches(self.sampler, self.batch_size, self.draw)
+        for number, (features, labels, magnification, counts) in enumerate(batches, 1):
+            loss = step(self.head, number, partial(self._loss, criterion, features, labels, magnification, counts))
             total += loss.item() * len(labels)
             seen += len(labels)
         return total / max(seen, 1)
@@ -69,6 +73,6 @@ class CachedFeaturePhase:
     def validate(self, num_classes: int) -> Predictions:
         return self.val.predict(self.head, num_classes, self.accelerator.autocast)
 
-    def _loss(self, criterion, features, labels, magnification):
+    def _loss(self, criterion, features, labels, magnification, counts):
         with self.accelerator.autocast():  # the head is called alone, not through the prepared model's autocast forward
-            return criterion(self.head.classify(features, magnification), labels)
+            return criterion(self.head.classify(features, magnification, counts), labels)

@@ -8,13 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from histofuse.data.tiles import pool_tile_logits
 from histofuse.errors import DataError
+from histofuse.tile_pooling import TILE_CHUNK, per_tile, pool_tile_logits
 from histofuse.training.accel import unwrap
 from histofuse.tta import predict_logits
-
-
-TILE_CHUNK = 64
 
 
 @dataclass
@@ -82,20 +79,30 @@ def predict(accelerator, model, loader, num_classes: int, tta: str = "none", cro
     )
 
 
+def training_logits(model, batch: dict) -> torch.Tensor:
+    """The logits per image of a training batch: a bag of tiles per image when the model pools them."""
+    magnification = batch.get("magnification")
+    if "tile_counts" in batch:
+        return model(batch["image"], magnification, counts=batch["tile_counts"])
+    return model(batch["image"]) if magnification is None else model(batch["image"], magnification)
+
+
 def _image_logits(model, batch: dict, tta: str, crop_size: int | None) -> torch.Tensor:
-    """One row per image: the model's logits, or for a grid of tiles the log of their mean probability."""
+    """One row per image: the model's logits, or for a grid of tiles their pooled prediction."""
     magnification, counts = batch.get("magnification"), batch.get("tile_counts")
     if counts is None:
         return predict_logits(model, batch["image"], tta, magnification, crop_size)
-    if magnification is not None:  # every tile of an image has the image's magnification
-        magnification = magnification.repeat_interleave(counts.to(magnification.device))
     return pooled_tile_logits(model, batch["image"], counts, tta, magnification, crop_size)
 
 
 def pooled_tile_logits(model, tiles: torch.Tensor, counts: torch.Tensor, tta: str = "none",
                        magnification: torch.Tensor | None = None, crop_size: int | None = None) -> torch.Tensor:
-    """Each image's pooled prediction from its ``counts`` tiles, ``TILE_CHUNK`` tiles (times the TTA views) per
-    forward: a batch of large photos holds thousands of tiles."""
+    """Each image's prediction from its ``counts`` tiles (``magnification``: one per image). A model that pools
+    tiles itself (attention) gives it; otherwise it is the mean of the tiles' probabilities, ``TILE_CHUNK`` tiles
+    (times the TTA views) per forward: a batch of large photos holds thousands of tiles."""
+    if getattr(model, "pools_tiles", False):
+        return predict_logits(model, tiles, tta, magnification, crop_size, counts=counts)
+    magnification = per_tile(magnification, counts)
     parts = [
         predict_logits(model, tiles[i : i + TILE_CHUNK], tta,
                        None if magnification is None else magnification[i : i + TILE_CHUNK], crop_size)

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from histofuse.data.sampling import epoch_seed
 from histofuse.metrics import classification_metrics, monitor_value
-from histofuse.model import HybridModel, apply_phase, describe_rates, describe_trainable
+from histofuse.model import HybridModel
+from histofuse.phase_plan import apply_phase, describe_rates, describe_trainable
 from histofuse.recipe import PhaseConfig, Recipe
 from histofuse.reporting import log, progress
 from histofuse.rundir import RunDir
@@ -29,7 +30,7 @@ from histofuse.training.faults import DivergenceWatch, NonFiniteLoss, non_finite
 from histofuse.training.feature_cache import FeatureStore
 from histofuse.training.feature_phase import CachedFeaturePhase, trains_on_cached_features
 from histofuse.training.history import History, learning_rates
-from histofuse.training.predict import predict
+from histofuse.training.predict import predict, training_logits
 from histofuse.training.processes import check_processes_agree, every_process_can_step, finite_everywhere
 from histofuse.training.processes import mean_across_processes
 from histofuse.training.trackers import Trackers
@@ -134,8 +135,8 @@ class Trainer:
             self.accelerator, self.model, optimizer, self.make_train_loader(index, phase.augment), self.val_loader
         )
         self.model_in_phase, self.divergence = model, DivergenceWatch(index, phase)
-        features = None
-        if trains_on_cached_features(phase, self.model, self.accelerator.num_processes, self.recipe.data.tiles is not None):
+        features, tiled = None, self.recipe.data.tiles is not None
+        if trains_on_cached_features(phase, self.model, self.accelerator.num_processes, tiled):
             features = CachedFeaturePhase(
                 accelerator=self.accelerator, recipe=self.recipe, index=index, model=model, train_loader=train_loader,
                 val_loader=val_loader, store=self.feature_store,
@@ -254,9 +255,8 @@ class Trainer:
                     self.failures.check_limit()
                 if every_process_can_step(self.accelerator, batch):
                     step += 1
-                    extra = (batch["magnification"],) if "magnification" in batch else ()
                     loss = self._step(
-                        model, optimizer, step, lambda: self.criterion(model(batch["image"], *extra), batch["label"])
+                        model, optimizer, step, lambda: self.criterion(training_logits(model, batch), batch["label"])
                     )
                     total += loss.item() * len(batch["label"])
                     seen += len(batch["label"])

@@ -40,6 +40,9 @@ class SyntheticOptions(BaseModel):
     mpp: float | None = Field(
         None, gt=0.05, le=5, description="draw every image at this µm per pixel (tissue of one physical size) and say so"
     )
+    focal: float | None = Field(
+        None, gt=0, lt=1, description="share of each malignant image drawn as one malignant region, the rest benign"
+    )
 
 
 def write_synthetic(root: Path, options: SyntheticOptions) -> int:
@@ -67,7 +70,9 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
             for seq in range(1, options.images_per_magnification + 1):
                 slide = slides[(seq - 1) % len(slides)]
                 pattern = code if options.subtype_patterns else None
-                tile = render_tile(patient_rng, malignant, stain, options.width, options.height, mag, pattern, options.mpp)
+                tile = render_tile(
+                    patient_rng, malignant, stain, options.width, options.height, mag, pattern, options.mpp, options.focal
+                )
                 path = image_path(root, code, 14, slide, mag, seq)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
@@ -78,8 +83,8 @@ def write_synthetic(root: Path, options: SyntheticOptions) -> int:
 def ensure_synthetic(root: Path, options: SyntheticOptions) -> None:
     """Generate the tree unless ``root`` already holds one made with the same options."""
     marker = root / _MARKER
-    # The label option only changes the table, not the images; trees drawn before mpp existed keep their marker.
-    unmarked = {"label"} | ({"mpp"} if options.mpp is None else set())
+    # The label option only changes the table, not the images; trees drawn before mpp and focal keep their marker.
+    unmarked = {"label"} | {name for name in ("mpp", "focal") if getattr(options, name) is None}
     wanted = {**options.model_dump(exclude=unmarked), "generator": _GENERATOR_VERSION}
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return

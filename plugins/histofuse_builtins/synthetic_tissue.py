@@ -95,15 +95,32 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.
 
 def render_tile(
     rng: np.random.Generator, malignant: bool, stain: dict, width: int, height: int, magnification: int,
-    pattern: str | None = None, mpp: float | None = None,
+    pattern: str | None = None, mpp: float | None = None, focal: float | None = None,
 ) -> np.ndarray:
     """One RGB uint8 tile of shape (height, width, 3); ``pattern`` (a subtype code) adds its architecture.
 
     A ``stain`` without a "look" gives the pure Beer-Lambert rendering of its stain vectors. With ``mpp``,
     structures are drawn at that physical scale, whatever the magnification and size; without, they grow
-    with both (a wider image is the same field drawn finer).
+    with both (a wider image is the same field drawn finer). With ``focal``, a malignant tile shows
+    malignant tissue in one soft-edged region covering that share of the field, benign tissue (without
+    subtype architecture) around it.
     """
     scale = scale_at(mpp) if mpp is not None else _MAG_SCALE[magnification] * width / 210.0
+    od = _tissue_od(rng, malignant, stain, width, height, scale, pattern)
+    if malignant and focal is not None:
+        # Blended before the look is matched, so the whole tile gets one look and colour still carries no label.
+        mask = focal_mask(rng, height, width, focal, scale)[..., None]
+        od = mask * od + (1 - mask) * _tissue_od(rng, False, stain, width, height, scale, None)
+    rgb = 255.0 * np.exp(-od) + rng.normal(0, 2.0, od.shape)
+    rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    if "look" not in stain:
+        return rgb
+    target = stain["look"][magnification] + rng.normal(0, stain["look_jitter"])
+    return _match_look(rgb, target)
+
+
+def _tissue_od(rng, malignant: bool, stain: dict, width: int, height: int, scale: float, pattern) -> np.ndarray:
+    """One field's optical density (height, width, 3): stroma, the class's epithelium, stromal nuclei, pattern."""
     # Tissue vs background: a few pale holes (fat, lumens) in eosin-stained stroma.
     tissue = (_smooth_noise(rng, height, width, 18 * scale + 4) > rng.uniform(0.15, 0.3)).astype(np.float32)
     tissue = cv2.GaussianBlur(tissue, (0, 0), 1.5)
@@ -127,14 +144,19 @@ def render_tile(
         eosin = _draw_pattern(hema, eosin, rng, pattern, width, height, scale, area)
     hema = cv2.GaussianBlur(hema, (0, 0), 0.7) * stain["h_strength"]
     hema *= 0.8 + 0.4 * rng.random((height, width)).astype(np.float32)  # granular chromatin
+    return hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + stain["background"]
 
-    od = hema[..., None] * stain["h"] + eosin[..., None] * stain["e"] + stain["background"]
-    rgb = 255.0 * np.exp(-od) + rng.normal(0, 2.0, od.shape)
-    rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-    if "look" not in stain:
-        return rgb
-    target = stain["look"][magnification] + rng.normal(0, stain["look_jitter"])
-    return _match_look(rgb, target)
+
+def focal_mask(rng: np.random.Generator, height: int, width: int, share: float, scale: float) -> np.ndarray:
+    """A soft-edged ellipse at a random place whose mean over the (height, width) field is about ``share``."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy, angle = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0, np.pi)
+    u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
+    v = ((y - cy) * np.cos(angle) - (x - cx) * np.sin(angle)) / rng.uniform(0.5, 1.0)
+    distance = np.hypot(u, v)
+    # A quantile as the radius keeps the share wherever the field's edges cut the ellipse.
+    inside = (distance <= np.quantile(distance, share)).astype(np.float32)
+    return cv2.GaussianBlur(inside, (0, 0), 1.5 * scale)
 
 
 def _match_look(rgb: np.ndarray, target: np.ndarray) -> np.ndarray:
