@@ -115,7 +115,7 @@ def build_timm_backbone(
     std = tuple(card.std if card else cfg.get("std", (0.229, 0.224, 0.225)))
     native = cfg.get("input_size", (3, image_size, image_size))[-1]
     backbone = _timm_backbone_class()(net, mean, std, pool or (card.pool if card else "model"))
-    return finish(backbone, model, card, native, image_size, report)
+    return finish(backbone, model, card, native, image_size, report, pretrained)
 
 
 def _create(model: str, pretrained: bool | str, image_size: int, kwargs: dict, card):

@@ -85,7 +85,8 @@ def build_transformers_backbone(
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean, std = (card.mean, card.std) if card else _normalization(source, hub)
     backbone = _backbone_class()(net, mean, std, pool or (card.pool if card else "cls"))
-    return finish(backbone, model, card, getattr(net.config, "image_size", image_size), image_size, report)
+    native = getattr(net.config, "image_size", image_size)
+    return finish(backbone, model, card, native, image_size, report, pretrained)
 
 
 def _load(source: str, hub: dict, weights: bool, trust_remote_code: bool, card):

@@ -96,9 +96,10 @@ def without_registers(tokens, class_tokens: int, prefix_tokens: int):
     return tokens
 
 
-def finish(backbone, model: str, card, native, image_size: int, report):
-    """Say how the model was pretrained against how it is fed, and mark what the core asks of a foundation model."""
-    if native != image_size:
+def finish(backbone, model: str, card, native, image_size: int, report, pretrained: bool | str = True):
+    """Say how the model was pretrained against how it is fed, and mark what the core asks of a foundation model.
+    A model built without weights was pretrained at no size."""
+    if pretrained is not False and native != image_size:
         histofuse.log.info("%s: pretrained at %s px, fed %d px (data.image_size)", model, native, image_size)
     if card is not None:
         histofuse.log.info("%s: preset '%s', licence %s (the model card on the Hub is authoritative)", model, card.key, card.licence)
