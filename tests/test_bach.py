@@ -126,6 +126,14 @@ def test_qc_and_stain_stats_commands(tmp_path, bach_root):
     scored = pd.read_csv(tmp_path / "qc.csv")
     assert len(scored) == 10 and scored["qc_pass"].sum() == 8 and {"blur", "tissue"} <= set(scored.columns)
 
+    done = cli("qc", "bach", str(bach_root), "--out", str(tmp_path / "qc_scaled.csv"), "--mpp", "0.84")
+    assert done.returncode == 0, done.stderr
+    scaled = pd.read_csv(tmp_path / "qc_scaled.csv")  # BACH's 0.42 µm/px halved: other pixels, other sharpness
+    assert len(scaled) == 10 and (scaled["blur"] != scored["blur"]).sum() >= 8  # blank ones score 0 at any scale
+    done = cli("qc", "synthetic", str(tmp_path / "synthetic"), "--mpp", "0.5", "--option", "patients_per_class=3",
+               "--option", "images_per_magnification=1", "--option", "width=48", "--option", "height=32")
+    assert done.returncode != 0 and "--mpp = 0.5 rescales every image" in done.stderr and "leave out --mpp" in done.stderr
+
     done = cli("stain-stats", "bach", str(bach_root), "--out", str(tmp_path / "stats.json"), "--tissue-only")
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "stats.json").read_text())

@@ -94,14 +94,19 @@ def qc_command(
     background: int = typer.Option(220, min=1, max=255, help="Grey level counted as background."),
     min_tissue: float = typer.Option(0.40, min=0, max=1, help="Minimum tissue fraction."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Dataset option KEY=VALUE, repeatable."),
+    mpp: Optional[float] = typer.Option(
+        None, "--mpp", min=0.01, max=20, help="Score each image at this µm per pixel, as a run with data.mpp sees it."
+    ),
 ) -> None:
     """Score every image for blur and tissue fraction; print a summary and write a CSV."""
     from histofuse.data.decode import decode_image
+    from histofuse.data.tiles import decoder_at
     from histofuse.evaluation.finished_run import scan_dataset
     from histofuse.qc import QCThresholds, qc_summary, run_qc
 
     table = scan_dataset(registry(), dataset, root, option or [])
-    scored = run_qc(table, QCThresholds(blur, background, min_tissue), decode_image)
+    decode = decode_image if mpp is None else decoder_at(table, mpp, f"{dataset} at {root}", "--mpp")
+    scored = run_qc(table, QCThresholds(blur, background, min_tissue), decode)
     scored.to_csv(out, index=False)
     summary = qc_summary(scored)
     result = Table(title=f"quality control: {dataset} at {root}")

@@ -25,20 +25,28 @@ def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
 
 
-def scale_factors(table: pd.DataFrame, target_mpp: float, where: str) -> list[float]:
-    """Per image, the factor that brings it to ``target_mpp``: its own µm/px over the target's.
-
-    Refused, with the images named, when the dataset does not say the scale of some of them."""
+def scale_factors(table: pd.DataFrame, target_mpp: float, where: str, setting: str = "data.mpp") -> list[float]:
+    """Per image, the factor that brings it to ``target_mpp`` (asked for by ``setting``): its own µm/px over the
+    target's. Refused, with the images named, when the dataset does not say the scale of some of them."""
     mpp = pd.to_numeric(table["mpp"], errors="coerce") if "mpp" in table else pd.Series(np.nan, index=table.index)
     unknown = table.loc[mpp.isna() | (mpp <= 0), "path"]
     if len(unknown):
+        remedy = "before training, remove data.mpp" if setting == "data.mpp" else f"leave out {setting}"
         raise DataError(
-            f"{where}: data.mpp = {target_mpp:g} rescales every image to {target_mpp:g} µm per pixel, but the dataset "
+            f"{where}: {setting} = {target_mpp:g} rescales every image to {target_mpp:g} µm per pixel, but the dataset "
             f"does not give the scale of {len(unknown)} of its {len(table)} images (first: {unknown.iloc[0]}). Give it "
-            "with the dataset's mpp option (folder, csv: an mpp column or option; histofuse evaluate: --option "
-            "mpp=...) or, before training, remove data.mpp"
+            "with the dataset's mpp option (folder, csv: an mpp column or option; histofuse evaluate and qc: --option "
+            f"mpp=...) or, {remedy}"
         )
     return (mpp / target_mpp).astype(float).tolist()
+
+
+def decoder_at(frame: pd.DataFrame, mpp: float, where: str, setting: str = "data.mpp"):
+    """A decoder of ``frame``'s images that brings each to ``mpp`` µm per pixel (what quality control scores)."""
+    from histofuse.data.decode import decode_image
+
+    factors = dict(zip(frame["path"], scale_factors(frame, mpp, where, setting)))
+    return lambda path: rescale(decode_image(path), factors[path])
 
 
 def check_tta(data, tta: str, where: str) -> None:

@@ -13,7 +13,7 @@ from histofuse.calibration import expected_calibration_error, softmax
 from histofuse.color_baseline import ColorBaseline
 from histofuse.data.decode import decode_image, decoded_images
 from histofuse.data.eval_loader import collect_unchanged, make_eval_loader, make_eval_transform
-from histofuse.data.tiles import rescale, scale_factors, table_options
+from histofuse.data.tiles import decoder_at, table_options
 from histofuse.errors import DataError
 from histofuse.evaluation.fitting import EvaluationState, build_normalizer, calibrate
 from histofuse.metrics import bootstrap_auc_ci, classification_metrics, patient_level
@@ -112,7 +112,7 @@ def _quality_controlled(
 ) -> tuple[pd.DataFrame, dict]:
     """The images that pass QC and its summary; every image's scores are written under ``run_dir`` when given.
     With ``mpp`` each image is scored at that scale, as the model sees it: sharpness changes with the scale."""
-    scored = run_qc(frame, qc, decode_image if mpp is None else _decoder_at(frame, mpp, f"evaluate '{name}'"))
+    scored = run_qc(frame, qc, decode_image if mpp is None else decoder_at(frame, mpp, f"evaluate '{name}'"))
     if run_dir is not None:
         scored.to_csv(RunDir(run_dir).qc_scores(name), index=False)
     summary = qc_summary(scored)
@@ -120,12 +120,6 @@ def _quality_controlled(
     if kept.empty:
         raise DataError(f"evaluate '{name}': quality control removed every image ({summary['reasons']})")
     return kept, summary
-
-
-def _decoder_at(frame: pd.DataFrame, mpp: float, where: str):
-    """Decodes an image of ``frame`` and brings it to ``mpp`` µm per pixel."""
-    factors = dict(zip(frame["path"], scale_factors(frame, mpp, where)))
-    return lambda path: rescale(decode_image(path), factors[path])
 
 
 def _write_predictions(path: Path, rows: pd.DataFrame, by, classes: list[str], probs, threshold, color_probs) -> None:
