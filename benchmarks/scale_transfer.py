@@ -25,13 +25,10 @@ Rerun:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 
 from _results import Figures
+from _seeds import summarise_set, train_over_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.toml"
@@ -67,38 +64,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    from histofuse.registry import default_registry
-    from histofuse.run import run_recipe
-
     figures = Figures("scale_transfer")
-    registry = default_registry()
-    found: dict = {}
-    with tempfile.TemporaryDirectory() as out:
-        for key, (_, data) in SETTINGS.items():
-            for seed in args.seeds:
-                started = time.perf_counter()
-                metrics = json.loads((run_recipe(recipe_for(seed, data), registry, Path(out)) / "metrics.json").read_text())
-                found.setdefault(key, []).append(metrics)
-                print(f"trained {key}, seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    found = train_over_seeds(lambda key, seed: recipe_for(seed, SETTINGS[key][1]), SETTINGS, args.seeds)
     print(f"\nAUC and accuracy (threshold locked on validation), mean ± sd over seeds {args.seeds}; colour-only AUC in brackets")
     print(f"{'images shown as':32s} | " + " | ".join(f"{s:28s}" for s in ("test (0.5 µm/px)", *(f"{n} ({SITES[n]['mpp']} µm/px)" for n in SITES))))
     for key, (title, _) in SETTINGS.items():
-        cells = []
-        for name in ("test", *SITES):
-            entries = [m[name] for m in found[key]]
-            auc = [e["auc"] for e in entries]
-            accuracy = [e["accuracy"] for e in entries]
-            colour = [e["color_baseline"]["auc"] for e in entries]
-            stats = {
-                "auc_mean": statistics.mean(auc), "auc_sd": statistics.stdev(auc) if len(auc) > 1 else 0.0,
-                "accuracy_mean": statistics.mean(accuracy),
-                "accuracy_sd": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-                "colour_only_auc_mean": statistics.mean(colour),
-            }
-            for stat, value in stats.items():
-                figures.add(f"{key}.{name}.{stat}", value, "accuracy" if stat.startswith("accuracy") else "AUC")
-            cells.append(f"{stats['auc_mean']:.3f}±{stats['auc_sd']:.3f} / {stats['accuracy_mean']:.2f}±{stats['accuracy_sd']:.2f}"
-                         f" ({stats['colour_only_auc_mean']:.2f})")
+        cells = [summarise_set(figures, key, name, found[key]) for name in ("test", *SITES)]
         print(f"{title:32s} | " + " | ".join(f"{c:28s}" for c in cells))
     print("\nrerun: bash benchmarks/run_all.sh scale_transfer")
     figures.save()

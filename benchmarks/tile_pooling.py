@@ -21,13 +21,11 @@ Rerun:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 from _results import Figures
+from _seeds import summarise_set, train_over_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.toml"
@@ -61,42 +59,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--focal", type=float, default=0.2, help="share of a malignant image's field that is malignant")
     args = parser.parse_args()
-    from histofuse.registry import default_registry
-    from histofuse.run import run_recipe
-
     figures = Figures("tile_pooling")
-    registry = default_registry()
-    found: dict = {}
-    with tempfile.TemporaryDirectory() as out:
-        for key, (_, tiles) in SETTINGS.items():
-            for seed in args.seeds:
-                started = time.perf_counter()
-                run_dir = run_recipe(recipe_for(seed, args.focal, tiles), registry, Path(out))
-                seconds = time.perf_counter() - started
-                found.setdefault(key, []).append((json.loads((run_dir / "metrics.json").read_text()), seconds))
-                print(f"trained {key}, seed {seed}: {seconds:.0f} s", flush=True)
+    found = train_over_seeds(lambda key, seed: recipe_for(seed, args.focal, SETTINGS[key][1]), SETTINGS, args.seeds)
     print(f"\nfocal share {args.focal:g}: AUC and accuracy (threshold locked on validation), mean ± sd over seeds "
           f"{args.seeds}; colour-only AUC in brackets")
     print(f"{'pooling':32s} | " + " | ".join(f"{s:28s}" for s in SETS) + " | run time")
-    for key, (title, _) in SETTINGS.items():
-        cells = []
-        for name in SETS:
-            entries = [m[name] for m, _ in found[key]]
-            auc = [e["auc"] for e in entries]
-            accuracy = [e["accuracy"] for e in entries]
-            stats = {
-                "auc_mean": statistics.mean(auc), "auc_sd": statistics.stdev(auc) if len(auc) > 1 else 0.0,
-                "accuracy_mean": statistics.mean(accuracy),
-                "accuracy_sd": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-                "colour_only_auc_mean": statistics.mean(e["color_baseline"]["auc"] for e in entries),
-            }
-            for stat, value in stats.items():
-                figures.add(f"{key}.{name}.{stat}", value, "accuracy" if stat.startswith("accuracy") else "AUC")
-            cells.append(f"{stats['auc_mean']:.3f}±{stats['auc_sd']:.3f} / {stats['accuracy_mean']:.2f}±{stats['accuracy_sd']:.2f}"
-                         f" ({stats['colour_only_auc_mean']:.2f})")
-        seconds = figures.add(f"{key}.seconds_mean", statistics.mean(s for _, s in found[key]), "s")
-        print(f"{title:32s} | " + " | ".join(f"{c:28s}" for c in cells) + f" | {seconds:.0f} s")
     mean_time = {key: statistics.mean(s for _, s in runs) for key, runs in found.items()}
+    for key, (title, _) in SETTINGS.items():
+        cells = [summarise_set(figures, key, name, found[key]) for name in SETS]
+        seconds = figures.add(f"{key}.seconds_mean", mean_time[key], "s")
+        print(f"{title:32s} | " + " | ".join(f"{c:28s}" for c in cells) + f" | {seconds:.0f} s")
     ratio = figures.add("attention_over_mean_time", mean_time["attention"] / mean_time["mean"], "x")
     print(f"attention pooling's run time: {ratio:.2f}x the mean's")
     print("\nrerun: bash benchmarks/run_all.sh tile_pooling")

@@ -29,8 +29,7 @@ class EnsembleModule(nn.Module):
     def forward(
         self, image: torch.Tensor, magnification: torch.Tensor | None = None, counts: torch.Tensor | None = None
     ) -> torch.Tensor:
-        pooled = {} if counts is None else {"counts": counts}
-        return self._mean([m(image, magnification, **pooled) for m in self.members])
+        return self._mean([m(image, magnification, counts=counts) for m in self.members])
 
     def one_image(self, tiles: torch.Tensor) -> torch.Tensor:
         """Fold models that pool tiles by attention: the ensemble's logits (1, C) of one image from its tiles."""

@@ -8,7 +8,8 @@ each further epoch into a pass over a small head.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -39,7 +40,6 @@ class FeatureBank:
     indices: torch.Tensor
     failed: list[tuple[str, str]]
     counts: torch.Tensor | None = None
-    _starts: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @classmethod
     @torch.no_grad()
@@ -74,10 +74,12 @@ class FeatureBank:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def _starts(self) -> torch.Tensor:
+        return torch.cumsum(self.counts, 0) - self.counts
+
     def rows(self, image: int) -> torch.Tensor:
         """The feature rows of the image at ``image``: its tiles."""
-        if self._starts is None:
-            self._starts = torch.cumsum(self.counts, 0) - self.counts
         start = int(self._starts[image])
         return torch.arange(start, start + int(self.counts[image]))
 
